@@ -1,0 +1,4 @@
+"""cnnlab: convolutional neural networks from first principles on NumPy."""
+from .tensor import Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad, ones, tensor, zeros
+from .ops import cat, stack
+from . import functional

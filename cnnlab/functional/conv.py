@@ -1,0 +1,397 @@
+"""Convolution: ``conv2d`` (cross-correlation, as in deep learning), ``true_conv2d``
+(the kernel flipped, as in signal processing), ``locally_connected2d`` (no weight
+sharing), and ``unfold``/``fold`` (im2col and col2im as ops).
+
+How the convolution is computed (forward and backward are next to each other in
+:class:`Conv2dFunction`):
+
+1. The input is viewed channels-last (NHWC) and padded. Channels-last keeps each
+   window's C values contiguous, so the im2col copy moves long runs of memory.
+2. ``windows`` gives a strided view of every KHxKW window; reshaping it to
+   ``cols`` of shape (N*Ho*Wo, KH*KW*C) is the one im2col copy.
+3. One matrix multiply, ``cols @ W`` with W of shape (KH*KW*C, F), applies every filter at
+   every position. Groups become a batch dimension of that multiply.
+4. The result is (N, Ho, Wo, F) in memory and returned as an NCHW *view*, so the next
+   convolution finds its input already channels-last.
+
+Backward, for an upstream gradient G of shape (N*Ho*Wo, F):
+    dW = cols^T @ G                          weight sharing: a sum over every position
+    db = G summed over N, Ho, Wo
+    dX = col2im(G @ W^T)                     each window's gradient added back where it came from,
+                                              then the padding's adjoint.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .._errors import InputError, check_float, check_rank, pair
+from ..kernels import add_windows, out_size, pad2d, pad2d_backward, windows
+from ..kernels.padding import MODES as PADDING_MODES
+from ..tensor import Function, as_tensor as _as_tensor
+
+
+# ----- argument handling, shared with the layers and with summary/conv_matrix -----
+def check_padding_mode(mode, where: str) -> str:
+    if mode not in PADDING_MODES:
+        raise ValueError(f"{where}: padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, got {mode!r}")
+    return mode
+
+
+def normalize_padding(padding, where: str):
+    """An int, a pair, 'valid' or 'same' -> a pair of ints or the string 'same'."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0)
+        if padding == "same":
+            return "same"
+        raise ValueError(f"{where}: padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+    return pair(padding, "padding", where, allow_zero=True)
+
+
+def resolve_padding(padding, in_hw, kernel, stride, dilation):
+    """(top, bottom, left, right) for a normalised ``padding``.
+
+    'same' gives an output of ceil(H / stride) along each axis (for stride 1, the input's
+    size), splitting the total padding with the odd pixel at the bottom/right, as PyTorch
+    (stride 1) and TensorFlow (any stride) do."""
+    if padding != "same":
+        ph, pw = padding
+        return (ph, ph, pw, pw)
+    pads = []
+    for n, k, s, d in zip(in_hw, kernel, stride, dilation):
+        total = max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
+        pads += [total // 2, total - total // 2]
+    return tuple(pads)
+
+
+def conv_output_size(in_hw, kernel, stride=1, padding=0, dilation=1):
+    """(Ho, Wo) of a convolution: floor((H + 2P - D*(K-1) - 1) / S) + 1 along each axis."""
+    kernel, stride, dilation = (pair(v, n, "conv_output_size") for v, n in
+                                ((kernel, "kernel_size"), (stride, "stride"), (dilation, "dilation")))
+    padding = normalize_padding(padding, "conv_output_size")
+    t, b, l, r = resolve_padding(padding, in_hw, kernel, stride, dilation)
+    return (out_size(in_hw[0] + t + b, kernel[0], stride[0], dilation[0]),
+            out_size(in_hw[1] + l + r, kernel[1], stride[1], dilation[1]))
+
+
+def check_pads_fit(in_hw, pads, mode, where: str, padding_arg=None) -> None:
+    """Each mode can only copy from so far into the image: reflect needs pad < size,
+    circular and symmetric need pad <= size."""
+    if mode in ("zeros", "replicate"):
+        return
+    for axis, n, (lo, hi) in (("height", in_hw[0], pads[:2]), ("width", in_hw[1], pads[2:])):
+        limit = n - 1 if mode == "reflect" else n
+        if max(lo, hi) > limit:
+            how = f" (padding={padding_arg!r} needs {lo} and {hi})" if padding_arg == "same" else ""
+            raise InputError(
+                f"{where}: padding_mode={mode!r} needs padding {'<' if mode == 'reflect' else '<='} the input's "
+                f"{axis} ({n}), got padding {max(lo, hi)}{how}"
+            )
+
+
+def _check_window_fits(padded_hw, kernel, dilation, where, in_hw, pads) -> None:
+    for axis, n, k, d, p in (("height", padded_hw[0], kernel[0], dilation[0], pads[:2]),
+                             ("width", padded_hw[1], kernel[1], dilation[1], pads[2:])):
+        span = d * (k - 1) + 1
+        if span > n:
+            raise InputError(
+                f"{where}: kernel {'(dilated) ' if d > 1 else ''}{axis} {span} is larger than the padded input "
+                f"{axis} {n} (input {axis} {n - sum(p)} + padding {sum(p)})"
+            )
+
+
+# ----- the convolution -----
+class Conv2dFunction(Function):
+    """Grouped 2-D cross-correlation of NCHW input with (F, C/groups, KH, KW) weights."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, *, stride, pads, dilation, groups, padding_mode):
+        n, c, h, wd = x.shape
+        f, cg, kh, kw = w.shape
+        g, fg = groups, f // groups
+        xp = pad2d(x.transpose(0, 2, 3, 1), pads, padding_mode, axes=(1, 2))        # N Hp Wp C
+        hp, wp = xp.shape[1:3]
+        win = windows(xp.reshape(n, hp, wp, g, cg), (kh, kw), stride, dilation, axes=(1, 2))
+        _, ho, wo = win.shape[:3]                                                   # N Ho Wo G Cg KH KW
+        m = n * ho * wo
+        cols = win.transpose(3, 0, 1, 2, 5, 6, 4).reshape(g, m, kh * kw * cg)     # im2col: the one copy
+        wmat = w.reshape(g, fg, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, fg)
+        out = np.matmul(cols, wmat).transpose(1, 0, 2).reshape(n, ho, wo, f)       # N Ho Wo F
+        if b is not None:
+            out += b if b.ndim == 1 else b.transpose(1, 2, 0)                       # tied (F,) or untied (F, Ho, Wo)
+        ctx.save_for_backward(cols, wmat)
+        ctx.meta = (x.shape, w.shape, xp.shape, None if b is None else b.ndim, stride, pads, dilation, groups, padding_mode)
+        return out.transpose(0, 3, 1, 2)                                            # NCHW view of NHWC memory
+
+    @staticmethod
+    def backward(ctx, grad):
+        cols, wmat = ctx.saved_tensors
+        x_shape, w_shape, xp_shape, b_ndim, stride, pads, dilation, g, padding_mode = ctx.meta
+        n, c, h, wd = x_shape
+        f, cg, kh, kw = w_shape
+        _, hp, wp, _ = xp_shape
+        _, _, ho, wo = grad.shape
+        gm = grad.transpose(0, 2, 3, 1).reshape(n * ho * wo, g, f // g).transpose(1, 0, 2)  # G M Fg
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dcols = np.matmul(gm, wmat.transpose(0, 2, 1))                          # G M KH*KW*Cg
+            dwin = dcols.reshape(g, n, ho, wo, kh, kw, cg).transpose(1, 2, 3, 0, 6, 4, 5)
+            dxp = add_windows(np.zeros((n, hp, wp, g, cg), grad.dtype), dwin, stride, dilation, axes=(1, 2))
+            dx = pad2d_backward(dxp.reshape(n, hp, wp, c), (n, h, wd, c), pads, padding_mode, axes=(1, 2))
+            dx = dx.transpose(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            dwmat = np.matmul(cols.transpose(0, 2, 1), gm)                          # G KH*KW*Cg Fg
+            dw = dwmat.reshape(g, kh, kw, cg, f // g).transpose(0, 4, 3, 1, 2).reshape(w_shape)
+        if b_ndim is not None and ctx.needs_input_grad[2]:
+            db = grad.sum(axis=(0, 2, 3)) if b_ndim == 1 else grad.sum(axis=0)
+        return dx, dw, db
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           padding_mode="zeros", flip_kernel=False):
+    r"""2-D cross-correlation, the "convolution" of deep learning (``torch.nn.functional.conv2d``).
+
+    .. math:: out[n, f, i, j] = b[f] + \sum_{c, u, v} w[f, c, u, v]\, x_p[n, c, s_h i + d_h u, s_w j + d_w v]
+
+    Args:
+        input: (N, C, H, W) or unbatched (C, H, W).
+        weight: (F, C / groups, KH, KW).
+        bias: (F,) — one per filter — or (F, Ho, Wo), an *untied* bias with its own value
+            at every output position (so a filter can learn how to behave near the border).
+        stride: int or (sh, sw). Default 1.
+        padding: int, (ph, pw), ``'valid'`` (no padding) or ``'same'`` (output ceil(H / stride),
+            for any stride; the odd pixel of padding goes bottom/right). Default 0.
+        dilation: int or (dh, dw): spacing between kernel taps. Default 1.
+        groups: input and output channels split into this many independent groups;
+            ``groups == C`` is a depthwise convolution. Default 1.
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'``, ``'circular'`` (wrap-around)
+            or ``'symmetric'`` (mirror repeating the edge). Default ``'zeros'``.
+        flip_kernel: flip the kernel along both spatial axes first, which turns the
+            cross-correlation into a true convolution (see :func:`true_conv2d`).
+
+    Shape:
+        out: (N, F, Ho, Wo) with Ho = floor((H + pad_top + pad_bottom - dh*(KH-1) - 1) / sh) + 1.
+    """
+    where = "conv2d"
+    x, w = _as_tensor(input), _as_tensor(weight)
+    check_rank(x, (3, 4), where, "(N, C, H, W) or (C, H, W)")
+    check_float(x, where)
+    if w.ndim != 4:
+        raise InputError(f"{where}: weight must be 4-D (F, C/groups, KH, KW), got shape {w.shape}")
+    if x.dtype != w.dtype:
+        raise InputError(f"{where}: input dtype {x.dtype} and weight dtype {w.dtype} differ")
+    stride = pair(stride, "stride", where)
+    dilation = pair(dilation, "dilation", where)
+    padding = normalize_padding(padding, where)
+    check_padding_mode(padding_mode, where)
+    if not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"{where}: groups must be a positive int, got {groups!r}")
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x.reshape((1,) + x.shape)
+    f, cg, kh, kw = w.shape
+    c = x.shape[1]
+    if f % groups:
+        raise InputError(f"{where}: the number of filters ({f}) must be divisible by groups ({groups})")
+    if c != cg * groups:
+        raise InputError(
+            f"{where}: expected input with {cg * groups} channels (weight {w.shape}, groups={groups}), "
+            f"got {c} channels in input of shape {tuple(input.shape)}"
+        )
+    in_hw = x.shape[2:]
+    pads = resolve_padding(padding, in_hw, (kh, kw), stride, dilation)
+    check_pads_fit(in_hw, pads, padding_mode, where, padding)
+    padded = (in_hw[0] + pads[0] + pads[1], in_hw[1] + pads[2] + pads[3])
+    _check_window_fits(padded, (kh, kw), dilation, where, in_hw, pads)
+    if bias is not None:
+        bias = _as_tensor(bias)
+        out_hw = (out_size(padded[0], kh, stride[0], dilation[0]), out_size(padded[1], kw, stride[1], dilation[1]))
+        if bias.shape not in ((f,), (f,) + out_hw):
+            raise InputError(
+                f"{where}: bias must have shape ({f},) or, untied, {(f,) + out_hw}, got {bias.shape}"
+            )
+    if flip_kernel:
+        w = w[:, :, ::-1, ::-1]
+    out = Conv2dFunction.apply(x, w, bias, stride=stride, pads=pads, dilation=dilation,
+                               groups=groups, padding_mode=padding_mode)
+    return out.reshape(out.shape[1:]) if unbatched else out
+
+
+def true_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros"):
+    """True (signal-processing) convolution: the kernel is flipped in both spatial axes
+    before it slides, ``out[i, j] = sum_{u,v} w[u, v] x[i - u, j - v]`` (up to the offset
+    of the flipped window). Deep-learning "convolution" (:func:`conv2d`) does not flip;
+    since the kernel is learned, the two learn the same thing with mirrored weights, but
+    they differ for a fixed kernel (compare an asymmetric edge filter under both)."""
+    return conv2d(input, weight, bias, stride, padding, dilation, groups,
+                  padding_mode=padding_mode, flip_kernel=True)
+
+
+# ----- locally connected: a convolution without weight sharing -----
+class LocallyConnected2dFunction(Function):
+    """Like a convolution, but every output position (i, j) has its own filters:
+    weight (Ho, Wo, F, C, KH, KW). Computed as one batched matmul over positions."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, *, stride, pads, dilation, padding_mode):
+        n, c, h, wd = x.shape
+        ho, wo, f, _, kh, kw = w.shape
+        xp = pad2d(x.transpose(0, 2, 3, 1), pads, padding_mode, axes=(1, 2))        # N Hp Wp C
+        win = windows(xp, (kh, kw), stride, dilation, axes=(1, 2))                  # N Ho Wo C KH KW
+        cols = win.transpose(1, 2, 0, 4, 5, 3).reshape(ho * wo, n, kh * kw * c)     # L N KH*KW*C
+        wmat = w.transpose(0, 1, 4, 5, 3, 2).reshape(ho * wo, kh * kw * c, f)       # L KH*KW*C F
+        out = np.matmul(cols, wmat).reshape(ho, wo, n, f).transpose(2, 3, 0, 1)    # N F Ho Wo
+        if b is not None:
+            out = out + b
+        ctx.save_for_backward(cols, wmat)
+        ctx.meta = (x.shape, w.shape, xp.shape, b is not None, stride, pads, dilation, padding_mode)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        cols, wmat = ctx.saved_tensors
+        x_shape, w_shape, xp_shape, has_bias, stride, pads, dilation, padding_mode = ctx.meta
+        n, c, h, wd = x_shape
+        ho, wo, f, _, kh, kw = w_shape
+        gm = grad.transpose(2, 3, 0, 1).reshape(ho * wo, n, f)                      # L N F
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dcols = np.matmul(gm, wmat.transpose(0, 2, 1))                          # L N KH*KW*C
+            dwin = dcols.reshape(ho, wo, n, kh, kw, c).transpose(2, 0, 1, 5, 3, 4)   # N Ho Wo C KH KW
+            dxp = add_windows(np.zeros(xp_shape, grad.dtype), dwin, stride, dilation, axes=(1, 2))
+            dx = pad2d_backward(dxp, (n, h, wd, c), pads, padding_mode, axes=(1, 2)).transpose(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            dwmat = np.matmul(cols.transpose(0, 2, 1), gm)                          # L KH*KW*C F
+            dw = dwmat.reshape(ho, wo, kh, kw, c, f).transpose(0, 1, 5, 4, 2, 3)
+        if has_bias and ctx.needs_input_grad[2]:
+            db = grad.sum(axis=0)
+        return dx, dw, db
+
+
+def locally_connected2d(input, weight, bias=None, stride=1, padding=0, dilation=1, *, padding_mode="zeros"):
+    """A convolution without weight sharing: one filter bank per output position.
+
+    Args:
+        input: (N, C, H, W) or (C, H, W).
+        weight: (Ho, Wo, F, C, KH, KW): the filters of output position (i, j) are
+            ``weight[i, j]``, laid out like a Conv2d weight.
+        bias: (F, Ho, Wo) (one per filter per position) or (F,).
+        stride, padding, dilation, padding_mode: as for :func:`conv2d`; ``padding='same'``
+            is allowed, and (Ho, Wo) must agree with the weight.
+    """
+    where = "locally_connected2d"
+    x, w = _as_tensor(input), _as_tensor(weight)
+    check_rank(x, (3, 4), where, "(N, C, H, W) or (C, H, W)")
+    check_float(x, where)
+    if w.ndim != 6:
+        raise InputError(f"{where}: weight must be 6-D (Ho, Wo, F, C, KH, KW), got shape {w.shape}")
+    if x.dtype != w.dtype:
+        raise InputError(f"{where}: input dtype {x.dtype} and weight dtype {w.dtype} differ")
+    stride = pair(stride, "stride", where)
+    dilation = pair(dilation, "dilation", where)
+    padding = normalize_padding(padding, where)
+    check_padding_mode(padding_mode, where)
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x.reshape((1,) + x.shape)
+    ho, wo, f, cw, kh, kw = w.shape
+    if x.shape[1] != cw:
+        raise InputError(f"{where}: expected input with {cw} channels (weight {w.shape}), got shape {tuple(input.shape)}")
+    in_hw = x.shape[2:]
+    pads = resolve_padding(padding, in_hw, (kh, kw), stride, dilation)
+    check_pads_fit(in_hw, pads, padding_mode, where, padding)
+    padded = (in_hw[0] + pads[0] + pads[1], in_hw[1] + pads[2] + pads[3])
+    _check_window_fits(padded, (kh, kw), dilation, where, in_hw, pads)
+    out_hw = (out_size(padded[0], kh, stride[0], dilation[0]), out_size(padded[1], kw, stride[1], dilation[1]))
+    if out_hw != (ho, wo):
+        raise InputError(
+            f"{where}: weight has {ho}x{wo} output positions, but an input of spatial size "
+            f"{tuple(in_hw)} gives {out_hw[0]}x{out_hw[1]}"
+        )
+    if bias is not None:
+        bias = _as_tensor(bias)
+        if bias.shape == (f,):
+            bias = bias.reshape(f, 1, 1)
+        elif bias.shape != (f, ho, wo):
+            raise InputError(f"{where}: bias must have shape {(f, ho, wo)} or ({f},), got {bias.shape}")
+    out = LocallyConnected2dFunction.apply(x, w, bias, stride=stride, pads=pads, dilation=dilation,
+                                           padding_mode=padding_mode)
+    return out.reshape(out.shape[1:]) if unbatched else out
+
+
+# ----- im2col and col2im as ops -----
+def _im2col_nchw(x, kernel, stride, dilation, pads):
+    n, c = x.shape[:2]
+    win = windows(pad2d(x, pads), kernel, stride, dilation)                         # N C Ho Wo KH KW
+    ho, wo = win.shape[2:4]
+    return win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kernel[0] * kernel[1], ho * wo)
+
+
+def _col2im_nchw(cols, out_hw, kernel, stride, dilation, pads):
+    n, ckk, _ = cols.shape
+    c = ckk // (kernel[0] * kernel[1])
+    hp, wp = out_hw[0] + pads[0] + pads[1], out_hw[1] + pads[2] + pads[3]
+    ho, wo = out_size(hp, kernel[0], stride[0], dilation[0]), out_size(wp, kernel[1], stride[1], dilation[1])
+    dwin = cols.reshape(n, c, kernel[0], kernel[1], ho, wo).transpose(0, 1, 4, 5, 2, 3)
+    xp = add_windows(np.zeros((n, c, hp, wp), cols.dtype), dwin, stride, dilation)
+    return pad2d_backward(xp, (n, c) + tuple(out_hw), pads)
+
+
+class Unfold(Function):
+    @staticmethod
+    def forward(ctx, x, *, kernel, stride, dilation, pads):
+        ctx.args = (x.shape[2:], kernel, stride, dilation, pads)
+        return _im2col_nchw(x, kernel, stride, dilation, pads)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (_col2im_nchw(grad, *ctx.args),)
+
+
+class Fold(Function):
+    @staticmethod
+    def forward(ctx, cols, *, out_hw, kernel, stride, dilation, pads):
+        ctx.args = (kernel, stride, dilation, pads)
+        return _col2im_nchw(cols, out_hw, kernel, stride, dilation, pads)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (_im2col_nchw(grad, *ctx.args),)
+
+
+def _window_args(kernel_size, dilation, padding, stride, where):
+    return (pair(kernel_size, "kernel_size", where), pair(stride, "stride", where),
+            pair(dilation, "dilation", where), pair(padding, "padding", where, allow_zero=True))
+
+
+def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
+    """im2col (``torch.nn.functional.unfold``): (N, C, H, W) -> (N, C*KH*KW, L), one column
+    per window position, L = Ho*Wo. A convolution is then ``weight.reshape(F, -1) @ cols``."""
+    where = "unfold"
+    x = _as_tensor(input)
+    check_rank(x, (4,), where, "(N, C, H, W)")
+    kernel, stride, dilation, (ph, pw) = _window_args(kernel_size, dilation, padding, stride, where)
+    pads = (ph, ph, pw, pw)
+    _check_window_fits((x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), kernel, dilation, where, x.shape[2:], pads)
+    return Unfold.apply(x, kernel=kernel, stride=stride, dilation=dilation, pads=pads)
+
+
+def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
+    """col2im (``torch.nn.functional.fold``): (N, C*KH*KW, L) -> (N, C, H, W), summing the
+    values that overlapping windows put on the same pixel. The adjoint of :func:`unfold`."""
+    where = "fold"
+    cols = _as_tensor(input)
+    check_rank(cols, (3,), where, "(N, C*KH*KW, L)")
+    kernel, stride, dilation, (ph, pw) = _window_args(kernel_size, dilation, padding, stride, where)
+    out_hw = pair(output_size, "output_size", where)
+    kk = kernel[0] * kernel[1]
+    blocks = (out_size(out_hw[0] + 2 * ph, kernel[0], stride[0], dilation[0])
+              * out_size(out_hw[1] + 2 * pw, kernel[1], stride[1], dilation[1]))
+    if cols.shape[1] % kk or cols.shape[2] != blocks:
+        raise InputError(
+            f"{where}: expected input of shape (N, C*{kk}, {blocks}) for output_size={out_hw}, "
+            f"kernel_size={kernel}, got {cols.shape}"
+        )
+    return Fold.apply(cols, out_hw=out_hw, kernel=kernel, stride=stride, dilation=dilation, pads=(ph, ph, pw, pw))

@@ -1,0 +1,70 @@
+"""Padding of two spatial axes in the five modes cnnlab supports, and its adjoint.
+
+Modes (PyTorch's names, plus ``symmetric``):
+    zeros      0 0 | a b c d | 0 0      (a constant ``value``)
+    reflect    c b | a b c d | c b      mirror without repeating the edge
+    symmetric  b a | a b c d | d c      mirror repeating the edge
+    replicate  a a | a b c d | d d
+    circular   c d | a b c d | a b      wrap-around
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_NUMPY_MODE = {"reflect": "reflect", "symmetric": "symmetric", "replicate": "edge", "circular": "wrap"}
+MODES = ("zeros",) + tuple(_NUMPY_MODE)
+
+
+def padded_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    """For each position of a padded axis of length ``before + n + after``, the index of
+    the input element it copies (-1 for a constant pad). Padding is a gather with it."""
+    if mode == "zeros":
+        return np.concatenate([np.full(before, -1), np.arange(n), np.full(after, -1)])
+    return np.pad(np.arange(n), (before, after), mode=_NUMPY_MODE[mode])
+
+
+def pad2d(x: np.ndarray, pads, mode: str = "zeros", value: float = 0.0, axes=(2, 3)) -> np.ndarray:
+    """Pad ``x`` on ``axes`` (height, width) by ``pads = (top, bottom, left, right)``."""
+    top, bottom, left, right = pads
+    ha, wa = axes
+    if not any(pads):
+        return x
+    if mode == "zeros":
+        shape = list(x.shape)
+        shape[ha] += top + bottom
+        shape[wa] += left + right
+        out = np.full(shape, value, dtype=x.dtype)
+        inner = [slice(None)] * x.ndim
+        inner[ha] = slice(top, top + x.shape[ha])
+        inner[wa] = slice(left, left + x.shape[wa])
+        out[tuple(inner)] = x
+        return out
+    out = np.take(x, padded_index(x.shape[ha], top, bottom, mode), axis=ha)
+    return np.take(out, padded_index(x.shape[wa], left, right, mode), axis=wa)
+
+
+def _adjoint_axis(g: np.ndarray, n: int, before: int, after: int, mode: str, axis: int) -> np.ndarray:
+    """Sum the gradient of each padded copy back into the element it was copied from."""
+    inner = [slice(None)] * g.ndim
+    inner[axis] = slice(before, before + n)
+    out = g[tuple(inner)].copy()
+    if mode == "zeros":
+        return out
+    src = padded_index(n, before, after, mode)
+    for r in list(range(before)) + list(range(before + n, before + n + after)):
+        dst = [slice(None)] * g.ndim
+        dst[axis] = src[r]
+        take = [slice(None)] * g.ndim
+        take[axis] = r
+        out[tuple(dst)] += g[tuple(take)]
+    return out
+
+
+def pad2d_backward(g: np.ndarray, in_shape, pads, mode: str = "zeros", axes=(2, 3)) -> np.ndarray:
+    """The gradient with respect to the input of :func:`pad2d`."""
+    if not any(pads):
+        return g
+    top, bottom, left, right = pads
+    ha, wa = axes
+    g = _adjoint_axis(g, in_shape[wa], left, right, mode, wa)
+    return _adjoint_axis(g, in_shape[ha], top, bottom, mode, ha)

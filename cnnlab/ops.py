@@ -1,0 +1,384 @@
+"""Primitive differentiable ops: arithmetic, reductions and shape ops.
+
+Each op is a :class:`~cnnlab.tensor.Function` with forward and backward side by side.
+CNN ops (convolution, pooling, normalisation, losses) live in :mod:`cnnlab.functional`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .tensor import Function, Tensor, unbroadcast
+
+
+# ----- elementwise arithmetic -----
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (a.shape, b.shape)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        return unbroadcast(g, sa), unbroadcast(g, sb)
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (a.shape, b.shape)
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        return unbroadcast(g, sa), unbroadcast(-g, sb)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        ga = unbroadcast(g * b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(g * a, b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        ga = unbroadcast(g / b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(-g * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, g):
+        return (-g,)
+
+
+class Pow(Function):
+    @staticmethod
+    def forward(ctx, a, *, exponent):
+        ctx.save_for_backward(a)
+        ctx.exponent = exponent
+        return a ** a.dtype.type(exponent)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        p = a.dtype.type(ctx.exponent)
+        return (g * p * a ** (p - 1),)
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = np.exp(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return (g * out,)
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return np.log(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return (g / a,)
+
+
+class Abs(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return np.abs(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return (g * np.sign(a),)
+
+
+class ReLU(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = np.maximum(a, 0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return (g * (out > 0),)
+
+
+class Tanh(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = np.tanh(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return (g * (1 - out * out),)
+
+
+class Sigmoid(Function):
+    @staticmethod
+    def forward(ctx, a):
+        # exp of a non-positive number only, so large |a| never overflows
+        e = np.exp(-np.abs(a))
+        out = np.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return (g * out * (1 - out),)
+
+
+class Clamp(Function):
+    @staticmethod
+    def forward(ctx, a, *, low=None, high=None):
+        ctx.save_for_backward(a)
+        ctx.bounds = (low, high)
+        return np.clip(a, low, high)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        low, high = ctx.bounds
+        keep = np.ones(a.shape, dtype=bool)
+        if low is not None:
+            keep &= a >= low
+        if high is not None:
+            keep &= a <= high
+        return (g * keep,)
+
+
+class MatMul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        # 1-D operands are promoted to matrices as np.matmul does, then squeezed back
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = np.expand_dims(g2, -2)
+        if b.ndim == 1:
+            g2 = np.expand_dims(g2, -1)
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+        if ctx.needs_input_grad[1]:
+            gb = unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+        return ga, gb
+
+
+# ----- reductions -----
+def _expand_reduced(g, shape, axis, keepdims):
+    """Give a reduced gradient back its reduced axes (as size 1) so it broadcasts."""
+    if axis is None:
+        return np.reshape(g, (1,) * len(shape))
+    if not keepdims:
+        axes = (axis,) if isinstance(axis, int) else axis
+        g = np.expand_dims(g, tuple(a % len(shape) for a in axes))
+    return g
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, a, *, axis=None, keepdims=False):
+        ctx.args = (a.shape, axis, keepdims)
+        return np.asarray(a.sum(axis=axis, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, g):
+        shape, axis, keepdims = ctx.args
+        return (np.broadcast_to(_expand_reduced(g, shape, axis, keepdims), shape).copy(),)
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx, a, *, axis=None, keepdims=False):
+        out = np.asarray(a.mean(axis=axis, keepdims=keepdims))
+        ctx.args = (a.shape, axis, keepdims, a.size // max(out.size, 1))
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        shape, axis, keepdims, count = ctx.args
+        g = _expand_reduced(g, shape, axis, keepdims) / g.dtype.type(count)
+        return (np.broadcast_to(g, shape).copy(),)
+
+
+class Max(Function):
+    """Max over axes; the gradient is shared equally among tied maxima (like torch.amax)."""
+
+    @staticmethod
+    def forward(ctx, a, *, axis=None, keepdims=False):
+        out = np.asarray(a.max(axis=axis, keepdims=True))
+        ctx.save_for_backward(a, out)
+        ctx.args = (axis, keepdims)
+        return out if keepdims else (out.reshape(()) if axis is None else np.squeeze(out, axis))
+
+    @staticmethod
+    def backward(ctx, g):
+        a, out = ctx.saved_tensors
+        axis, keepdims = ctx.args
+        g = _expand_reduced(g, a.shape, axis, keepdims)
+        mask = a == out
+        return (mask * (g / mask.sum(axis=axis, keepdims=True)),)
+
+
+# ----- shape ops -----
+class Reshape(Function):
+    @staticmethod
+    def forward(ctx, a, *, shape):
+        ctx.in_shape = a.shape
+        return a.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.reshape(ctx.in_shape),)
+
+
+class Permute(Function):
+    @staticmethod
+    def forward(ctx, a, *, dims):
+        ctx.dims = dims
+        return a.transpose(dims)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.transpose(np.argsort(ctx.dims)),)
+
+
+class BroadcastTo(Function):
+    @staticmethod
+    def forward(ctx, a, *, shape):
+        ctx.in_shape = a.shape
+        return np.broadcast_to(a, shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (unbroadcast(g, ctx.in_shape),)
+
+
+class Index(Function):
+    """Basic and advanced indexing; the backward scatters (adding repeats) into zeros."""
+
+    @staticmethod
+    def forward(ctx, a, *, index):
+        ctx.args = (a.shape, a.dtype, index)
+        return a[index]
+
+    @staticmethod
+    def backward(ctx, g):
+        shape, dtype, index = ctx.args
+        out = np.zeros(shape, dtype=dtype)
+        if _is_basic_index(index):
+            out[index] = g  # a view selects each element at most once: no need to add
+        else:
+            np.add.at(out, index, g)
+        return (out,)
+
+
+def _is_basic_index(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, np.integer, slice)) for i in items)
+
+
+class Clone(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return a.copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g,)
+
+
+class Cast(Function):
+    @staticmethod
+    def forward(ctx, a, *, dtype):
+        ctx.in_dtype = a.dtype
+        return a.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.astype(ctx.in_dtype),)
+
+
+class Concat(Function):
+    @staticmethod
+    def forward(ctx, *arrays, axis=0):
+        ctx.axis = axis
+        ctx.sizes = [a.shape[axis] for a in arrays]
+        return np.concatenate(arrays, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        cuts = np.cumsum(ctx.sizes)[:-1]
+        return tuple(np.split(g, cuts, axis=ctx.axis))
+
+
+class Stack(Function):
+    @staticmethod
+    def forward(ctx, *arrays, axis=0):
+        ctx.axis = axis
+        return np.stack(arrays, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(np.moveaxis(g, ctx.axis, 0))
+
+
+def cat(tensors, dim: int = 0) -> Tensor:
+    """Concatenate tensors along ``dim`` (``torch.cat``)."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("cat: expected a non-empty sequence of tensors")
+    return Concat.apply(*[t if isinstance(t, Tensor) else Tensor(t) for t in tensors], axis=dim)
+
+
+def stack(tensors, dim: int = 0) -> Tensor:
+    """Stack tensors along a new axis ``dim`` (``torch.stack``)."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("stack: expected a non-empty sequence of tensors")
+    return Stack.apply(*[t if isinstance(t, Tensor) else Tensor(t) for t in tensors], axis=dim)
