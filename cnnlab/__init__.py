@@ -2,3 +2,5 @@
 from .tensor import Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad, ones, tensor, zeros
 from .ops import cat, stack
 from . import functional
+from .gradcheck import GradcheckError, GradcheckResult, gradcheck
+from .random import manual_seed

@@ -1,0 +1,94 @@
+"""Linear layers, dropout, padding and flattening."""
+from __future__ import annotations
+
+import numpy as np
+
+from .._errors import InputError, check_rank
+from ..kernels import pad2d, pad2d_backward
+from ..kernels.padding import MODES as PADDING_MODES
+from ..random import generator
+from ..tensor import Function, as_tensor
+
+
+def linear(input, weight, bias=None):
+    """y = x W^T + b, with W of shape (out_features, in_features) (``torch.nn.functional.linear``)."""
+    x, w = as_tensor(input), as_tensor(weight)
+    if w.ndim != 2:
+        raise InputError(f"linear: weight must be 2-D (out_features, in_features), got shape {w.shape}")
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise InputError(f"linear: expected input with last dimension {w.shape[1]} (in_features), got shape {x.shape}")
+    out = x @ w.T
+    return out if bias is None else out + bias
+
+
+class DropoutFunction(Function):
+    @staticmethod
+    def forward(ctx, x, *, p):
+        keep = generator().random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32) >= p
+        scale = x.dtype.type(0.0 if p == 1 else 1.0 / (1.0 - p))
+        mask = keep * scale
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, g):
+        (mask,) = ctx.saved_tensors
+        return (g * mask,)
+
+
+def dropout(input, p: float = 0.5, training: bool = True):
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p), in training;
+    the identity in evaluation, so expected activations match between the two."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
+    x = as_tensor(input)
+    if not training or p == 0:
+        return x
+    return DropoutFunction.apply(x, p=float(p))
+
+
+class PadFunction(Function):
+    @staticmethod
+    def forward(ctx, x, *, pads, mode, value):
+        ctx.meta = (x.shape, pads, mode)
+        return pad2d(x, pads, mode, value, axes=(x.ndim - 2, x.ndim - 1))
+
+    @staticmethod
+    def backward(ctx, g):
+        shape, pads, mode = ctx.meta
+        return (pad2d_backward(g, shape, pads, mode, axes=(g.ndim - 2, g.ndim - 1)),)
+
+
+_TORCH_MODE = {"constant": "zeros", "zeros": "zeros", "reflect": "reflect", "replicate": "replicate",
+               "circular": "circular", "symmetric": "symmetric"}
+
+
+def pad(input, pad, mode: str = "constant", value: float = 0.0):
+    """Pad the last two axes (``torch.nn.functional.pad`` with a 2- or 4-tuple):
+    ``pad = (left, right)`` or ``(left, right, top, bottom)``. Modes: 'constant'
+    ('zeros'), 'reflect', 'replicate', 'circular', 'symmetric'."""
+    x = as_tensor(input)
+    if mode not in _TORCH_MODE:
+        raise ValueError(f"pad: mode must be one of {', '.join(map(repr, _TORCH_MODE))}, got {mode!r}")
+    if len(pad) not in (2, 4) or any(int(p) != p or p < 0 for p in pad):
+        raise ValueError(f"pad: pad must be 2 or 4 non-negative ints (left, right[, top, bottom]), got {pad!r}")
+    check_rank(x, (2, 3, 4), "pad", "with at least 2 axes")
+    left, right = pad[:2]
+    top, bottom = pad[2:] if len(pad) == 4 else (0, 0)
+    m = _TORCH_MODE[mode]
+    if m != "zeros" and value:
+        raise ValueError(f"pad: value applies only to mode='constant', got value={value!r} with mode={mode!r}")
+    for n, lo, hi, axis in ((x.shape[-2], top, bottom, "height"), (x.shape[-1], left, right, "width")):
+        limit = n - 1 if m == "reflect" else n
+        if m in ("reflect", "circular", "symmetric") and max(lo, hi) > limit:
+            raise InputError(f"pad: mode={mode!r} needs padding {'<' if m == 'reflect' else '<='} the input's "
+                             f"{axis} ({n}), got {max(lo, hi)}")
+    return PadFunction.apply(x, pads=(top, bottom, left, right), mode=m, value=value)
+
+
+def flatten(input, start_dim: int = 1, end_dim: int = -1):
+    """Merge axes ``start_dim`` to ``end_dim`` into one (default: all but the batch axis)."""
+    return as_tensor(input).flatten(start_dim, end_dim)
+
+
+assert set(_TORCH_MODE.values()) == set(PADDING_MODES)

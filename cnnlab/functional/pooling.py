@@ -1,0 +1,286 @@
+"""Pooling: max and average over sliding windows, adaptive and global pooling.
+
+The windows are strided views of the padded input (:func:`cnnlab.kernels.windows`); the
+backward passes add each window's gradient back with :func:`cnnlab.kernels.add_windows`,
+so overlapping windows (stride < kernel) accumulate, as they must.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._errors import InputError, check_float, check_rank, pair
+from ..kernels import add_windows, pad2d, pad2d_backward, windows
+from ..tensor import Function, Tensor, as_tensor
+
+
+def pool_output_size(n: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling output length: floor (or ceil) of (n + 2p - d(k-1) - 1)/s, plus 1;
+    in ceil mode the last window must start inside the input or the left padding."""
+    span = n + 2 * pad - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= n + pad:
+        out -= 1
+    return out
+
+
+def _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode, where):
+    x = as_tensor(x)
+    check_rank(x, (3, 4), where, "(N, C, H, W) or (C, H, W)")
+    check_float(x, where)
+    kernel = pair(kernel_size, "kernel_size", where)
+    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else pair(stride, "stride", where)
+    padding = pair(padding, "padding", where, allow_zero=True)
+    dilation = pair(dilation, "dilation", where)
+    for p, k, name in zip(padding, kernel, ("height", "width")):
+        if p > k // 2:
+            raise ValueError(f"{where}: padding should be at most half of kernel_size, got padding {padding} "
+                             f"for kernel_size {kernel}")
+    hw = x.shape[-2:]
+    out_hw = tuple(pool_output_size(n, k, s, p, d, ceil_mode) for n, k, s, p, d in zip(hw, kernel, stride, padding, dilation))
+    if min(out_hw) < 1:
+        raise InputError(f"{where}: input of spatial size {tuple(hw)} is too small for kernel_size {kernel} "
+                         f"with padding {padding} and dilation {dilation} (output would be {out_hw})")
+    # ceil mode may need windows that hang past the bottom/right padding: pad a little more
+    extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - (n + 2 * p))
+             for o, s, d, k, n, p in zip(out_hw, stride, dilation, kernel, hw, padding)]
+    pads = (padding[0], padding[0] + extra[0], padding[1], padding[1] + extra[1])
+    return x, kernel, stride, padding, dilation, pads, out_hw
+
+
+def _batched(fn):
+    """Run a pooling op on unbatched (C, H, W) input by adding and removing the batch axis."""
+    def run(x, *args, **kwargs):
+        if x.ndim == 3:
+            out = fn(x.reshape((1,) + x.shape), *args, **kwargs)
+            if isinstance(out, tuple):
+                return tuple(o.reshape(o.shape[1:]) for o in out)
+            return out.reshape(out.shape[1:])
+        return fn(x, *args, **kwargs)
+    return run
+
+
+# ----- max pooling -----
+class MaxPool2dFunction(Function):
+    """Max over each window; the gradient goes to the first maximum of each window
+    (as in PyTorch), accumulating where windows overlap."""
+
+    @staticmethod
+    def forward(ctx, x, *, kernel, stride, dilation, pads):
+        xp = pad2d(x, pads, "zeros", value=-np.inf)
+        win = windows(xp, kernel, stride, dilation)                     # N C Ho Wo KH KW
+        flat = win.reshape(win.shape[:4] + (-1,))
+        arg = flat.argmax(axis=-1)
+        ctx.save_for_backward(arg)
+        ctx.meta = (x.shape, xp.shape, kernel, stride, dilation, pads)
+        return np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (arg,) = ctx.saved_tensors
+        x_shape, xp_shape, kernel, stride, dilation, pads = ctx.meta
+        dwin = np.zeros(grad.shape + (kernel[0] * kernel[1],), grad.dtype)
+        np.put_along_axis(dwin, arg[..., None], grad[..., None], axis=-1)
+        dwin = dwin.reshape(grad.shape + tuple(kernel))
+        dxp = add_windows(np.zeros(xp_shape, grad.dtype), dwin, stride, dilation)
+        return (pad2d_backward(dxp, x_shape, pads),)
+
+
+@_batched
+def _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    x, kernel, stride, padding, dilation, pads, out_hw = _pool_setup(
+        x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
+    out = MaxPool2dFunction.apply(x, kernel=kernel, stride=stride, dilation=dilation, pads=pads)
+    if not return_indices:
+        return out
+    # recompute the arg-max (cheap) to report flat indices into the unpadded H*W plane
+    win = windows(pad2d(x.data, pads, "zeros", value=-np.inf), kernel, stride, dilation)
+    arg = win.reshape(win.shape[:4] + (-1,)).argmax(axis=-1)
+    ki, kj = np.divmod(arg, kernel[1])
+    rows = np.arange(out_hw[0])[:, None] * stride[0] - padding[0] + ki * dilation[0]
+    cols = np.arange(out_hw[1])[None, :] * stride[1] - padding[1] + kj * dilation[1]
+    return out, Tensor._wrap((rows * x.shape[3] + cols).astype(np.int64))
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """2-D max pooling (``torch.nn.functional.max_pool2d``).
+
+    Args:
+        input: (N, C, H, W) or (C, H, W).
+        kernel_size: int or pair. stride: defaults to ``kernel_size``; smaller values give
+            overlapping windows. padding: implicit -inf padding, at most half the kernel.
+        dilation: spacing between window taps. ceil_mode: round the output size up, so a
+            last partial window is kept. return_indices: also return the flat (H*W) index
+            of each maximum.
+
+    Shape: Ho = floor((H + 2p - d(k-1) - 1) / s) + 1 (ceil with ``ceil_mode``).
+    """
+    return _max_pool2d(as_tensor(input), kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+# ----- average pooling -----
+def _avg_divisors(n, kernel, stride, pad, out, count_include_pad):
+    """Per output position, how many input positions the average divides by (PyTorch's rule:
+    with count_include_pad the padding counts, but not a ceil-mode overhang past it)."""
+    start = np.arange(out) * stride - pad
+    end = np.minimum(start + kernel, n + pad)
+    if count_include_pad:
+        return end - start
+    return np.minimum(end, n) - np.maximum(start, 0)
+
+
+class AvgPool2dFunction(Function):
+    @staticmethod
+    def forward(ctx, x, *, kernel, stride, pads, divisor):
+        xp = pad2d(x, pads)
+        out = windows(xp, kernel, stride).sum(axis=(-2, -1)) / divisor
+        ctx.meta = (x.shape, xp.shape, kernel, stride, pads, divisor)
+        return out.astype(x.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_shape, xp_shape, kernel, stride, pads, divisor = ctx.meta
+        share = (grad / divisor).astype(grad.dtype, copy=False)
+        dwin = np.broadcast_to(share[..., None, None], grad.shape + tuple(kernel))
+        dxp = add_windows(np.zeros(xp_shape, grad.dtype), dwin, stride)
+        return (pad2d_backward(dxp, x_shape, pads),)
+
+
+@_batched
+def _avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    x, kernel, stride, padding, _, pads, out_hw = _pool_setup(
+        x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
+    if divisor_override is not None:
+        if divisor_override == 0:
+            raise ValueError("avg_pool2d: divisor_override must be non-zero, got 0")
+        divisor = np.full(out_hw, float(divisor_override))
+    else:
+        dh = _avg_divisors(x.shape[2], kernel[0], stride[0], padding[0], out_hw[0], count_include_pad)
+        dw = _avg_divisors(x.shape[3], kernel[1], stride[1], padding[1], out_hw[1], count_include_pad)
+        divisor = np.outer(dh, dw).astype(np.float64)
+    return AvgPool2dFunction.apply(x, kernel=kernel, stride=stride, pads=pads, divisor=divisor.astype(x.dtype))
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """2-D average pooling (``torch.nn.functional.avg_pool2d``).
+
+    ``count_include_pad`` (default True) divides by the window size including zero
+    padding; False divides by the number of real input pixels in the window.
+    ``divisor_override`` divides every window by that number instead."""
+    return _avg_pool2d(as_tensor(input), kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+# ----- adaptive and global pooling -----
+def _adaptive_bins(n: int, out: int):
+    """PyTorch's bins: output i averages input [floor(i*n/out), ceil((i+1)*n/out))."""
+    i = np.arange(out)
+    return (i * n) // out, -((-(i + 1) * n) // out)
+
+
+def _averaging_matrix(n: int, out: int, dtype) -> np.ndarray:
+    start, end = _adaptive_bins(n, out)
+    a = np.zeros((out, n), dtype)
+    for i, (s, e) in enumerate(zip(start, end)):
+        a[i, s:e] = 1.0 / (e - s)
+    return a
+
+
+class AdaptiveAvgPool2dFunction(Function):
+    """out = A_h @ x @ A_w^T with A the (out, in) bin-averaging matrices; backward is the
+    transpose. Works for any input and output size, bins overlapping or not."""
+
+    @staticmethod
+    def forward(ctx, x, *, out_hw):
+        ah = _averaging_matrix(x.shape[2], out_hw[0], x.dtype)
+        aw = _averaging_matrix(x.shape[3], out_hw[1], x.dtype)
+        ctx.save_for_backward(ah, aw)
+        return np.matmul(np.matmul(ah, x), aw.T)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ah, aw = ctx.saved_tensors
+        return (np.matmul(np.matmul(ah.T, grad), aw),)
+
+
+def _adaptive_out(x, output_size, where):
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size, output_size)
+    if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
+        raise TypeError(f"{where}: output_size must be an int or a pair, got {output_size!r}")
+    out = tuple(x.shape[-2 + i] if o is None else o for i, o in enumerate(output_size))
+    if min(out) < 1:
+        raise ValueError(f"{where}: output_size must be positive, got {output_size!r}")
+    return out
+
+
+@_batched
+def _adaptive_avg(x, output_size):
+    out_hw = _adaptive_out(x, output_size, "adaptive_avg_pool2d")
+    return AdaptiveAvgPool2dFunction.apply(x, out_hw=out_hw)
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Average pooling to a fixed output size, whatever the input size
+    (``torch.nn.functional.adaptive_avg_pool2d``). ``None`` keeps that axis's size."""
+    x = as_tensor(input)
+    check_rank(x, (3, 4), "adaptive_avg_pool2d", "(N, C, H, W) or (C, H, W)")
+    check_float(x, "adaptive_avg_pool2d")
+    return _adaptive_avg(x, output_size)
+
+
+class AdaptiveMaxPool2dFunction(Function):
+    @staticmethod
+    def forward(ctx, x, *, out_hw):
+        n, c, h, w = x.shape
+        hs, he = _adaptive_bins(h, out_hw[0])
+        ws, we = _adaptive_bins(w, out_hw[1])
+        out = np.empty((n, c) + tuple(out_hw), x.dtype)
+        args = np.empty((n, c) + tuple(out_hw), np.int64)  # flat index into H*W
+        for i in range(out_hw[0]):
+            for j in range(out_hw[1]):
+                block = x[:, :, hs[i]:he[i], ws[j]:we[j]].reshape(n, c, -1)
+                a = block.argmax(axis=-1)
+                out[:, :, i, j] = np.take_along_axis(block, a[..., None], -1)[..., 0]
+                bw = we[j] - ws[j]
+                args[:, :, i, j] = (hs[i] + a // bw) * w + ws[j] + a % bw
+        ctx.save_for_backward(args)
+        ctx.x_shape = x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (args,) = ctx.saved_tensors
+        n, c, h, w = ctx.x_shape
+        dx = np.zeros((n * c, h * w), grad.dtype)
+        rows = np.repeat(np.arange(n * c), args[0, 0].size)
+        np.add.at(dx, (rows, args.reshape(-1)), grad.reshape(-1))
+        return (dx.reshape(ctx.x_shape),)
+
+
+@_batched
+def _adaptive_max(x, output_size):
+    out_hw = _adaptive_out(x, output_size, "adaptive_max_pool2d")
+    return AdaptiveMaxPool2dFunction.apply(x, out_hw=out_hw)
+
+
+def adaptive_max_pool2d(input, output_size):
+    """Max pooling to a fixed output size (``torch.nn.functional.adaptive_max_pool2d``)."""
+    x = as_tensor(input)
+    check_rank(x, (3, 4), "adaptive_max_pool2d", "(N, C, H, W) or (C, H, W)")
+    check_float(x, "adaptive_max_pool2d")
+    return _adaptive_max(x, output_size)
+
+
+def global_avg_pool2d(input, keepdim: bool = False):
+    """Mean over all spatial positions: (N, C, H, W) -> (N, C), or (N, C, 1, 1) with keepdim.
+    With it a fully convolutional network accepts inputs of any size."""
+    x = as_tensor(input)
+    check_rank(x, (4,), "global_avg_pool2d", "(N, C, H, W)")
+    return x.mean((2, 3), keepdim=keepdim)
+
+
+def global_max_pool2d(input, keepdim: bool = False):
+    """Max over all spatial positions: (N, C, H, W) -> (N, C), or (N, C, 1, 1) with keepdim."""
+    x = as_tensor(input)
+    check_rank(x, (4,), "global_max_pool2d", "(N, C, H, W)")
+    return x.max((2, 3), keepdim=keepdim)
