@@ -1,0 +1,268 @@
+"""Module and Parameter: the base of every layer.
+
+A module's parameters are its attributes: any :class:`Parameter`, any sub-:class:`Module`,
+and modules inside lists or tuples are found by walking ``vars(self)`` in the order they
+were assigned, with no registration calls. Other :class:`Tensor` attributes are buffers
+(state that is saved but not trained, like BatchNorm's running statistics).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+
+import numpy as np
+
+from .._errors import InputError
+from ..tensor import Tensor
+
+_call_observers = []
+
+
+@contextlib.contextmanager
+def observe_calls(fn):
+    """While active, ``fn(module, inputs, output)`` runs after every module call. Used by
+    :func:`cnnlab.summary` and the inspection tools to see inside a model without
+    changing it: nothing is attached to the model, and nothing stays behind."""
+    _call_observers.append(fn)
+    try:
+        yield
+    finally:
+        _call_observers.remove(fn)
+
+
+class Parameter(Tensor):
+    """A Tensor that is a trainable parameter of a Module (requires grad by default)."""
+
+    def __init__(self, data, requires_grad: bool = True):
+        super().__init__(data.data if isinstance(data, Tensor) else data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class Module:
+    """Base class of layers and models. Subclasses set attributes and define ``forward``."""
+
+    training = True
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args, **kwargs):
+        try:
+            out = self.forward(*args, **kwargs)
+        except InputError as e:
+            # name the layer the user wrote, once (containers pass it on unchanged)
+            if e.where is None:
+                e.where = self
+                e.args = (f"{self._short_repr()}: {e.args[0]}",) + e.args[1:]
+            raise
+        for fn in list(_call_observers):
+            fn(self, args, out)
+        return out
+
+    # ----- discovery -----
+    def named_children(self):
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    if isinstance(v, Module):
+                        yield f"{name}.{i}", v
+
+    def children(self):
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, prefix: str = ""):
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            kids = [(f"{name}.{n}" if name else n, c) for n, c in m.named_children()]
+            stack.extend(reversed(kids))
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def _own_tensors(self):
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                yield name, value
+
+    def _named_tensors(self, kind):
+        seen = set()
+        for prefix, m in self.named_modules():
+            for name, t in m._own_tensors():
+                if kind(t) and id(t) not in seen:
+                    seen.add(id(t))
+                    yield (f"{prefix}.{name}" if prefix else name), t
+
+    def named_parameters(self):
+        return self._named_tensors(lambda t: isinstance(t, Parameter))
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self):
+        return self._named_tensors(lambda t: not isinstance(t, Parameter))
+
+    def buffers(self):
+        for _, b in self.named_buffers():
+            yield b
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # ----- state -----
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter and buffer, keyed by dotted path (as in PyTorch)."""
+        return OrderedDict((name, t.data.copy()) for name, t in self._named_tensors(lambda t: True))
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Copy values into this module's parameters and buffers, in place.
+
+        Raises ValueError naming every missing or unexpected key (with ``strict``), and
+        every key whose shape differs from the parameter's, before changing anything."""
+        own = OrderedDict(self._named_tensors(lambda t: True))
+        values = {}
+        for k, v in state_dict.items():
+            if hasattr(v, "detach"):  # a framework tensor, e.g. from a PyTorch checkpoint
+                v = v.detach().cpu().numpy()
+            values[k] = np.asarray(v.data if isinstance(v, Tensor) else v)
+        missing = [k for k in own if k not in values]
+        unexpected = [k for k in values if k not in own]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys: {', '.join(missing)}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys: {', '.join(unexpected)}")
+        for k in own:
+            if k in values and values[k].shape != own[k].shape:
+                problems.append(f"{k!r} has shape {own[k].shape} in the model but {values[k].shape} in the state_dict")
+        if problems:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+        for k, t in own.items():
+            if k in values:
+                np.copyto(t.data, values[k], casting="unsafe")
+        return missing, unexpected
+
+    # ----- modes and housekeeping -----
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, dtype):
+        """Convert floating-point parameters and buffers to ``dtype``, in place."""
+        dtype = np.dtype(dtype)
+        for t in self._named_tensors(lambda t: True):
+            if t[1].data.dtype.kind == "f":
+                t[1].data = t[1].data.astype(dtype)
+                t[1].grad = None
+        return self
+
+    def double(self):
+        return self.to(np.float64)
+
+    def float(self):
+        return self.to(np.float32)
+
+    def apply(self, fn):
+        for m in self.modules():
+            fn(m)
+        return self
+
+    # ----- printing -----
+    def extra_repr(self) -> str:
+        return ""
+
+    def _short_repr(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def __repr__(self):
+        kids = list(self.named_children())
+        if not kids:
+            return self._short_repr()
+        lines = [f"{type(self).__name__}("]
+        if self.extra_repr():
+            lines.append("  " + self.extra_repr())
+        for name, m in kids:
+            body = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        return "\n".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """Modules applied one after another. Indexable, sliceable and iterable; its children
+    are named "0", "1", ... as in PyTorch, so state_dict keys match."""
+
+    def __init__(self, *modules):
+        if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
+            modules = tuple(modules[0])
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: argument {i} must be a Module, got {type(m).__name__}")
+        self.layers = list(modules)
+
+    def named_children(self):
+        for i, m in enumerate(self.layers):
+            yield str(i), m
+
+    def forward(self, x):
+        for m in self.layers:
+            x = m(x)
+        return x
+
+    def __getitem__(self, i):
+        return Sequential(*self.layers[i]) if isinstance(i, slice) else self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def append(self, module: Module):
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential.append: expected a Module, got {type(module).__name__}")
+        self.layers.append(module)
+        return self
+
+
+class ModuleList(Module):
+    """A list of modules, named "0", "1", ... (like ``torch.nn.ModuleList``)."""
+
+    def __init__(self, modules=()):
+        self.items = list(modules)
+
+    def named_children(self):
+        for i, m in enumerate(self.items):
+            yield str(i), m
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def append(self, module: Module):
+        self.items.append(module)
+        return self
