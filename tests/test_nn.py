@@ -1,0 +1,470 @@
+"""Layers against torch.nn: same weights in (through state_dict, whose keys match),
+same outputs and gradients out; plus init, state_dict, modes, summary and conv_matrix."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import cnnlab
+from cnnlab import functional as F, nn
+
+torch.set_default_dtype(torch.float64)
+
+
+def rel(a, b, floor=1e-30):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), floor)
+
+
+def copy_from_torch(ours: nn.Module, theirs: torch.nn.Module):
+    ours.load_state_dict({k: v.detach().numpy().copy() for k, v in theirs.state_dict().items()})
+
+
+def compare_module(ours, theirs, x, dtype=np.float64, tol=1e-10, train=True, seed=0):
+    """Run both modules on x with the same random upstream gradient; compare the output,
+    the input gradient, and every parameter's gradient, by name."""
+    ours.to(dtype)
+    theirs.to(torch.float64 if dtype == np.float64 else torch.float32)
+    copy_from_torch(ours, theirs)
+    ours.train(train)
+    theirs.train(train)
+    ours.zero_grad()
+    theirs.zero_grad(set_to_none=True)
+    xt = torch.tensor(x.astype(dtype), requires_grad=True)
+    xc = cnnlab.Tensor(x.astype(dtype), requires_grad=True)
+    ot, oc = theirs(xt), ours(xc)
+    assert oc.shape == tuple(ot.shape)
+    assert oc.dtype == dtype
+    g = np.random.default_rng(seed).standard_normal(oc.shape).astype(dtype)
+    ot.backward(torch.tensor(g))
+    oc.backward(g)
+    assert rel(oc.data, ot.detach().numpy()) < tol
+    assert rel(xc.grad, xt.grad.numpy()) < tol
+    theirs_params = dict(theirs.named_parameters())
+    ours_params = dict(ours.named_parameters())
+    assert ours_params.keys() == theirs_params.keys()
+    for name, p in ours_params.items():
+        # floor: a conv bias followed by batch norm has a gradient that is zero up to rounding
+        assert rel(p.grad, theirs_params[name].grad.numpy(), floor=1e-3) < tol, name
+    for name, b in theirs.named_buffers():
+        assert rel(dict(ours.named_buffers())[name].data, b.numpy()) < tol, name
+    return oc
+
+
+def lenet_pair():
+    ours = cnnlab.models.lenet5()
+    theirs = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(400, 120), torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(),
+        torch.nn.Linear(84, 10))
+    return ours, theirs
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
+def test_lenet5_matches_torch(dtype, tol):
+    ours, theirs = lenet_pair()
+    x = np.random.default_rng(1).standard_normal((3, 1, 28, 28))
+    compare_module(ours, theirs, x, dtype, tol)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(in_channels=3, out_channels=4, kernel_size=3),
+    dict(in_channels=4, out_channels=6, kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1), groups=2),
+    dict(in_channels=3, out_channels=5, kernel_size=3, padding="same", padding_mode="circular", bias=False),
+    dict(in_channels=3, out_channels=5, kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(in_channels=3, out_channels=5, kernel_size=5, padding=2, padding_mode="replicate"),
+    dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=4),
+])
+def test_conv2d_layer_matches_torch(kwargs):
+    x = np.random.default_rng(2).standard_normal((2, kwargs["in_channels"], 9, 8))
+    compare_module(nn.Conv2d(**kwargs), torch.nn.Conv2d(**kwargs), x)
+
+
+def test_block_layers_match_torch():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 3, 10, 10))
+    pairs = [
+        (nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.PReLU(8), nn.AvgPool2d(2, ceil_mode=True),
+                       nn.Dropout(0.0), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(72, 5), nn.Tanh()),
+         torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.PReLU(8),
+                             torch.nn.AvgPool2d(2, ceil_mode=True), torch.nn.Dropout(0.0), torch.nn.AdaptiveAvgPool2d(3),
+                             torch.nn.Flatten(), torch.nn.Linear(72, 5), torch.nn.Tanh())),
+        (nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(3, 2, 1), nn.ELU(0.5),
+                       nn.GELU(), nn.AdaptiveMaxPool2d((2, 3)), nn.Flatten(), nn.BatchNorm1d(36), nn.Sigmoid(),
+                       nn.Linear(36, 4), nn.LogSoftmax(1)),
+         torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.LeakyReLU(0.1), torch.nn.MaxPool2d(3, 2, 1),
+                             torch.nn.ELU(0.5), torch.nn.GELU(), torch.nn.AdaptiveMaxPool2d((2, 3)), torch.nn.Flatten(),
+                             torch.nn.BatchNorm1d(36), torch.nn.Sigmoid(), torch.nn.Linear(36, 4), torch.nn.LogSoftmax(1))),
+    ]
+    for ours, theirs in pairs:
+        compare_module(ours, theirs, x, train=True)
+        compare_module(ours, theirs, x, train=False)
+
+
+class TorchBasicBlock(torch.nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.shortcut = (torch.nn.Identity() if stride == 1 and cin == cout else torch.nn.Sequential(
+            torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout)))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+@pytest.mark.parametrize("cin,cout,stride", [(4, 4, 1), (4, 8, 2)])
+def test_basic_block_matches_torch(cin, cout, stride):
+    x = np.random.default_rng(4).standard_normal((3, cin, 8, 8))
+    ours, theirs = nn.BasicBlock(cin, cout, stride), TorchBasicBlock(cin, cout, stride)
+    for train in (True, False):
+        compare_module(ours, theirs, x, train=train)
+
+
+def test_option_a_shortcut_pads_channels_and_subsamples():
+    x = cnnlab.Tensor(np.random.default_rng(5).standard_normal((2, 3, 6, 6)), requires_grad=True)
+    out = nn.PadChannelsShortcut(3, 5, 2)(x)
+    assert out.shape == (2, 5, 3, 3)
+    np.testing.assert_array_equal(out.data[:, :3], x.data[:, :, ::2, ::2])
+    np.testing.assert_array_equal(out.data[:, 3:], 0)
+    out.backward(np.ones(out.shape))
+    assert x.grad.sum() == 2 * 3 * 9
+    block = nn.BasicBlock(3, 5, 2, shortcut="identity").double()
+    assert block(x).shape == (2, 5, 3, 3)
+    assert not any("shortcut" in n for n, _ in block.named_parameters())
+
+
+def test_residual_generic_adds_body_and_shortcut():
+    body = nn.Conv2d(2, 2, 3, padding=1).double()
+    res = nn.Residual(body)
+    x = cnnlab.Tensor(np.random.default_rng(6).standard_normal((1, 2, 5, 5)))
+    np.testing.assert_allclose(res(x).data, body(x).data + x.data, rtol=1e-6)
+
+
+def test_bottleneck_shapes_and_params():
+    b = nn.Bottleneck(64, 64, stride=2)
+    out = b(cnnlab.zeros(1, 64, 8, 8))
+    assert out.shape == (1, 256, 4, 4)
+    # 1x1 64->64, 3x3 64->64, 1x1 64->256, projection 64->256, and 4 BNs (2 params per channel)
+    expected = 64 * 64 + 9 * 64 * 64 + 64 * 256 + 64 * 256 + 2 * (64 + 64 + 256 + 256)
+    assert b.num_parameters() == expected
+
+
+# ----- initialisation -----
+def test_default_init_ranges_match_pytorch_formulas():
+    cnnlab.manual_seed(0)
+    conv = nn.Conv2d(16, 32, 3)
+    bound = 1 / math.sqrt(16 * 9)
+    assert np.abs(conv.weight.data).max() <= bound and np.abs(conv.weight.data).max() > 0.9 * bound
+    assert np.abs(conv.bias.data).max() <= bound
+    # U(-b, b) has standard deviation b / sqrt(3)
+    assert abs(conv.weight.data.std() - bound / math.sqrt(3)) < 0.05 * bound
+    lin = nn.Linear(200, 50)
+    assert np.abs(lin.weight.data).max() <= 1 / math.sqrt(200)
+    w = cnnlab.Tensor(np.empty((256, 128), np.float32))
+    nn.init.kaiming_normal_(w, nonlinearity="relu")
+    assert abs(w.data.std() - math.sqrt(2 / 128)) < 0.02 * math.sqrt(2 / 128)
+    nn.init.xavier_uniform_(w)
+    assert np.abs(w.data).max() <= math.sqrt(6 / (128 + 256))
+    assert nn.init.calculate_gain("leaky_relu", 0.2) == pytest.approx(torch.nn.init.calculate_gain("leaky_relu", 0.2))
+    assert nn.PReLU().weight.data[0] == pytest.approx(0.25)
+    bn = nn.BatchNorm2d(3)
+    assert (bn.weight.data == 1).all() and (bn.bias.data == 0).all()
+    assert (bn.running_mean.data == 0).all() and (bn.running_var.data == 1).all()
+
+
+def test_manual_seed_makes_init_repeatable():
+    cnnlab.manual_seed(42)
+    a = nn.Conv2d(3, 4, 3).weight.data.copy()
+    cnnlab.manual_seed(42)
+    b = nn.Conv2d(3, 4, 3).weight.data.copy()
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.float32
+
+
+# ----- Module behaviour -----
+def test_parameters_found_without_registration():
+    class Net(nn.Module):
+        def __init__(self):
+            self.features = [nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 3, 3)]
+            self.head = nn.Linear(3, 2)
+            self.scale = nn.Parameter(np.ones(1, np.float32))
+
+        def forward(self, x):
+            for m in self.features:
+                x = m(x)
+            return self.head(x.mean((2, 3))) * self.scale
+
+    net = Net()
+    names = [n for n, _ in net.named_parameters()]
+    assert names == ["scale", "features.0.weight", "features.0.bias", "features.2.weight", "features.2.bias",
+                     "head.weight", "head.bias"] or set(names) == {
+        "scale", "features.0.weight", "features.0.bias", "features.2.weight", "features.2.bias", "head.weight",
+        "head.bias"}
+    out = net(cnnlab.Tensor(np.ones((1, 1, 6, 6), np.float32)))
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_shared_parameter_listed_once():
+    conv = nn.Conv2d(2, 2, 3, padding=1).double()
+    net = nn.Sequential(conv, nn.ReLU(), conv)
+    assert len(list(net.parameters())) == 2
+    assert list(net.state_dict()) == ["0.weight", "0.bias"]
+    # a layer used twice in the graph: its gradient sums both uses
+    x = cnnlab.Tensor(np.random.default_rng(7).standard_normal((1, 2, 5, 5)))
+    net(x).sum().backward()
+    tconv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    tconv.load_state_dict({k: torch.tensor(v.astype(np.float64)) for k, v in conv.state_dict().items()})
+    tconv.double()
+    torch.nn.Sequential(tconv, torch.nn.ReLU(), tconv)(torch.tensor(x.data, dtype=torch.float64)).sum().backward()
+    assert rel(conv.weight.grad, tconv.weight.grad.numpy()) < 1e-4
+
+
+def test_state_dict_round_trip_and_keys_match_torch():
+    ours, theirs = lenet_pair()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    bn_ours = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    bn_theirs = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    assert list(bn_ours.state_dict()) == list(bn_theirs.state_dict())
+    bn_ours(cnnlab.Tensor(np.random.default_rng(8).standard_normal((4, 1, 5, 5)).astype(np.float32)))
+    state = bn_ours.state_dict()
+    fresh = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    fresh.load_state_dict(state)
+    for (k, a), (_, b) in zip(state.items(), fresh.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+    assert int(fresh[1].num_batches_tracked.data) == 1
+    # the state_dict holds copies: changing the model does not change it
+    fresh[0].weight.data += 1
+    assert not np.array_equal(fresh.state_dict()["0.weight"], state["0.weight"])
+
+
+def test_load_state_dict_errors_name_key_and_shapes():
+    net = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.Linear(10, 2))
+    state = net.state_dict()
+    bad = dict(state)
+    bad["0.weight"] = np.zeros((6, 3, 5, 5), np.float32)
+    with pytest.raises(ValueError, match=r"'0\.weight' has shape \(6, 1, 5, 5\) in the model but \(6, 3, 5, 5\)"):
+        net.load_state_dict(bad)
+    missing = {k: v for k, v in state.items() if k != "2.bias"}
+    with pytest.raises(ValueError, match=r"missing keys: 2\.bias"):
+        net.load_state_dict(missing)
+    extra = dict(state, **{"3.weight": np.zeros(2)})
+    with pytest.raises(ValueError, match=r"unexpected keys: 3\.weight"):
+        net.load_state_dict(extra)
+    before = net.state_dict()
+    with pytest.raises(ValueError):
+        net.load_state_dict(bad)
+    for k in before:  # nothing was half-loaded
+        np.testing.assert_array_equal(before[k], net.state_dict()[k])
+    net.load_state_dict(missing, strict=False)
+
+
+def test_batchnorm_train_eval_and_running_stats_match_torch():
+    rng = np.random.default_rng(9)
+    ours, theirs = nn.BatchNorm2d(3, momentum=0.3), torch.nn.BatchNorm2d(3, momentum=0.3)
+    ours.double()
+    for _ in range(3):
+        x = rng.standard_normal((5, 3, 4, 4)) * 2 + 1
+        ours(cnnlab.Tensor(x))
+        theirs(torch.tensor(x))
+    np.testing.assert_allclose(ours.running_mean.data, theirs.running_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ours.running_var.data, theirs.running_var.numpy(), rtol=1e-12)
+    assert int(ours.num_batches_tracked.data) == 3
+    ours.eval()
+    theirs.eval()
+    x = rng.standard_normal((2, 3, 4, 4))
+    np.testing.assert_allclose(ours(cnnlab.Tensor(x)).data, theirs(torch.tensor(x)).detach().numpy(), rtol=1e-10)
+    # eval does not touch the running statistics
+    before = ours.running_mean.data.copy()
+    ours(cnnlab.Tensor(x))
+    np.testing.assert_array_equal(before, ours.running_mean.data)
+    # momentum=None: cumulative average
+    ca, ct = nn.BatchNorm1d(2, momentum=None).double(), torch.nn.BatchNorm1d(2, momentum=None)
+    for _ in range(4):
+        x = rng.standard_normal((6, 2))
+        ca(cnnlab.Tensor(x))
+        ct(torch.tensor(x))
+    np.testing.assert_allclose(ca.running_var.data, ct.running_var.numpy(), rtol=1e-12)
+    # no running statistics: batch statistics in eval too
+    nt = nn.BatchNorm2d(3, track_running_stats=False).double().eval()
+    y = nt(cnnlab.Tensor(rng.standard_normal((4, 3, 2, 2)) + 5)).data
+    assert abs(y.mean()) < 1e-10
+
+
+def test_dropout_train_and_eval():
+    cnnlab.manual_seed(0)
+    d = nn.Dropout(0.25)
+    x = cnnlab.Tensor(np.ones((200, 200), np.float32))
+    y = d(x).data
+    assert abs((y == 0).mean() - 0.25) < 0.01
+    np.testing.assert_allclose(y[y != 0], 1 / 0.75, rtol=1e-6)
+    d.eval()
+    assert d(x) is x or np.array_equal(d(x).data, x.data)
+    net = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5))
+    net.eval()
+    assert all(not m.training for m in net.modules())
+    net.train()
+    assert all(m.training for m in net.modules())
+
+
+def test_repr_reads_like_torch():
+    ours, theirs = lenet_pair()
+    assert repr(ours).splitlines()[1] == repr(theirs).splitlines()[1]  # the first Conv2d line
+    assert "(0): Conv2d(1, 6, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2))" in repr(ours)
+    assert "Linear(in_features=84, out_features=10, bias=True)" in repr(ours)
+
+
+# ----- layer errors name the layer -----
+def test_layer_errors_name_layer_argument_and_values():
+    with pytest.raises(ValueError, match=r"Conv2d: stride must be positive, got 0"):
+        nn.Conv2d(3, 4, 3, stride=0)
+    with pytest.raises(ValueError, match=r"Conv2d: dilation must be positive, got \(1, 0\)"):
+        nn.Conv2d(3, 4, 3, dilation=(1, 0))
+    with pytest.raises(ValueError, match=r"Conv2d: padding must be non-negative, got -1"):
+        nn.Conv2d(3, 4, 3, padding=-1)
+    with pytest.raises(ValueError, match=r"Conv2d: padding_mode must be one of .*'circular'.*got 'wrap'"):
+        nn.Conv2d(3, 4, 3, padding_mode="wrap")
+    with pytest.raises(ValueError, match=r"Conv2d: in_channels \(3\) and out_channels \(4\) must both be divisible by groups \(2\)"):
+        nn.Conv2d(3, 4, 3, groups=2)
+    with pytest.raises(ValueError, match=r"Conv2d: untied_bias=True needs input_size"):
+        nn.Conv2d(3, 4, 3, untied_bias=True)
+    with pytest.raises(ValueError, match=r"MaxPool2d: padding should be at most half of kernel_size"):
+        nn.MaxPool2d(2, padding=2)
+    with pytest.raises(ValueError, match=r"Dropout: p must be a probability in \[0, 1\], got 1.5"):
+        nn.Dropout(1.5)
+    conv = nn.Conv2d(3, 16, 3)
+    with pytest.raises(ValueError, match=r"^Conv2d\(3, 16, kernel_size=\(3, 3\), stride=\(1, 1\)\): .*expected input "
+                                         r"with 3 channels.*got 1 channels in input of shape \(8, 1, 28, 28\)"):
+        conv(cnnlab.zeros(8, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"Conv2d\(3, 16.*expected a 3-D or 4-D input.*got shape \(28, 28\)"):
+        conv(cnnlab.zeros(28, 28))
+    with pytest.raises(ValueError, match=r"kernel height 3 is larger than the padded input height 2"):
+        nn.Sequential(nn.ReLU(), conv)(cnnlab.zeros(1, 3, 2, 8))
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(4.*expected a 4-D input, got shape \(2, 4\)"):
+        nn.BatchNorm2d(4)(cnnlab.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(4.*running_mean must have shape \(3,\)|running_mean must have shape \(4,\) for input with 3"):
+        nn.BatchNorm2d(4)(cnnlab.zeros(2, 3, 2, 2))
+    with pytest.raises(ValueError, match=r"Linear\(in_features=10.*expected input with last dimension 10.*got shape \(2, 12\)"):
+        nn.Linear(10, 2)(cnnlab.zeros(2, 12))
+    with pytest.raises(ValueError, match=r"LocallyConnected2d.*output positions.*\(10, 10\)"):
+        nn.LocallyConnected2d(1, 2, 3, input_size=(8, 8))(cnnlab.zeros(1, 1, 10, 10))
+
+
+# ----- untied bias, locally connected -----
+def test_untied_bias_conv_layer():
+    conv = nn.Conv2d(2, 3, 3, padding=1, stride=2, untied_bias=True, input_size=(7, 7)).double()
+    assert conv.bias.shape == (3, 4, 4)
+    assert conv.num_parameters() == 3 * 2 * 9 + 3 * 16
+    x = np.random.default_rng(10).standard_normal((2, 2, 7, 7))
+    out = conv(cnnlab.Tensor(x))
+    ref = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(conv.weight.data), None, 2, 1)
+    np.testing.assert_allclose(out.data, ref.numpy() + conv.bias.data, rtol=1e-12)
+
+
+def test_locally_connected_equals_conv_when_weights_shared():
+    rng = np.random.default_rng(11)
+    for kwargs in (dict(stride=1, padding=1), dict(stride=2, padding="same", padding_mode="circular"),
+                   dict(stride=(2, 1), padding=(0, 2), dilation=(1, 2), padding_mode="reflect")):
+        conv = nn.Conv2d(3, 4, 3, **kwargs).double()
+        lc = nn.LocallyConnected2d(3, 4, 3, input_size=(9, 10), **kwargs).double()
+        lc.weight.data[...] = conv.weight.data
+        lc.bias.data[...] = conv.bias.data[:, None, None]
+        x = rng.standard_normal((2, 3, 9, 10))
+        xc, xl = cnnlab.Tensor(x, requires_grad=True), cnnlab.Tensor(x, requires_grad=True)
+        oc, ol = conv(xc), lc(xl)
+        np.testing.assert_allclose(ol.data, oc.data, rtol=1e-12, atol=1e-12)
+        g = rng.standard_normal(oc.shape)
+        oc.backward(g)
+        ol.backward(g)
+        np.testing.assert_allclose(xl.grad, xc.grad, rtol=1e-12, atol=1e-12)
+        # weight sharing sums the per-position gradients into the one filter
+        np.testing.assert_allclose(lc.weight.grad.sum(axis=(0, 1)), conv.weight.grad, rtol=1e-10)
+
+
+# ----- summary -----
+def test_summary_reproduces_the_lecture_numbers(capsys):
+    s = cnnlab.summary(nn.Conv2d(3, 96, 11, stride=4), (3, 227, 227))
+    assert s.layers[0].output_shape == (96, 55, 55)
+    assert s.total_params == 34_944
+    assert "34,944" in capsys.readouterr().out
+    s = cnnlab.summary(nn.LocallyConnected2d(3, 96, 11, input_size=(227, 227), stride=4), (3, 227, 227), verbose=False)
+    assert s.layers[0].output_shape == (96, 55, 55)
+    assert s.total_params == 105_705_600
+    s = cnnlab.summary(nn.Conv2d(3, 6, 5), (3, 32, 32), verbose=False)
+    assert s.layers[0].output_shape == (6, 28, 28)
+    s = cnnlab.summary(nn.Conv2d(1, 1, 9), (1, 83, 83), verbose=False)
+    assert s.layers[0].output_shape == (1, 75, 75)
+
+
+def test_summary_receptive_fields_mult_adds_and_memory():
+    s = cnnlab.summary(cnnlab.models.lenet5(), (1, 28, 28), batch_size=2, verbose=False)
+    by = {l.name: l for l in s.layers}
+    assert by["0"].receptive_field == (5, 5) and by["0"].jump == (1, 1)
+    assert by["2"].receptive_field == (6, 6) and by["2"].jump == (2, 2)
+    assert by["3"].receptive_field == (14, 14) and by["3"].jump == (2, 2)
+    assert by["5"].receptive_field == (16, 16) and by["5"].jump == (4, 4)
+    assert by["7"].receptive_field == "all"
+    assert by["0"].mult_adds == 6 * 28 * 28 * 25
+    assert by["7"].mult_adds == 400 * 120
+    assert by["0"].activation_bytes == 2 * 6 * 28 * 28 * 4
+    assert s.total_params == 61_706
+    # dilation widens the field without adding parameters
+    s = cnnlab.summary(nn.Sequential(nn.Conv2d(1, 1, 3, dilation=2), nn.Conv2d(1, 1, 3, stride=2), nn.Conv2d(1, 1, 3)),
+                       (1, 32, 32), verbose=False)
+    assert [l.receptive_field for l in s.layers] == [(5, 5), (7, 7), (11, 11)]
+    # a residual block: the output sees as far as its deepest branch
+    s = cnnlab.summary(nn.BasicBlock(2, 2), (2, 8, 8), verbose=False)
+    assert s.layers[-1].receptive_field == (5, 5)
+
+
+# ----- convolution as a matrix -----
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(stride=2, padding=1), dict(padding="same", padding_mode="circular"),
+    dict(padding=2, padding_mode="reflect", dilation=2), dict(padding=(1, 2), padding_mode="symmetric"),
+    dict(padding=1, padding_mode="replicate", groups=2),
+])
+def test_conv_matrix_matches_conv_and_its_transpose_is_the_input_gradient(kwargs):
+    rng = np.random.default_rng(12)
+    groups = kwargs.get("groups", 1)
+    w = rng.standard_normal((4, 4 // groups, 3, 3))
+    x = rng.standard_normal((1, 4, 7, 6))
+    xt = cnnlab.Tensor(x, requires_grad=True)
+    mode = kwargs.pop("padding_mode", "zeros")
+    out = F.conv2d(xt, cnnlab.Tensor(w), padding_mode=mode, **kwargs)
+    m = cnnlab.conv_matrix(w, (4, 7, 6), padding_mode=mode, **kwargs)
+    assert m.shape == (out.data.size, x.size)
+    np.testing.assert_allclose(m @ x.ravel(), out.data.ravel(), rtol=1e-12, atol=1e-12)
+    g = rng.standard_normal(out.shape)
+    out.backward(g)
+    np.testing.assert_allclose(m.T @ g.ravel(), xt.grad.ravel(), rtol=1e-12, atol=1e-12)
+
+
+def test_conv_matrix_lecture_example_and_circulant():
+    w = np.arange(1, 10, dtype=np.float64).reshape(1, 1, 3, 3)
+    m = cnnlab.conv_matrix(w, (1, 4, 4))
+    assert m.shape == (4, 16)
+    assert list(m.getnnz(axis=1)) == [9, 9, 9, 9]
+    dense = cnnlab.conv_matrix(w, (1, 5, 5), padding="same", padding_mode="circular").toarray()
+    assert dense.shape == (25, 25)
+    # block-circulant: moving the output one row down moves every input row down one (mod 5)
+    for r in range(25):
+        i, j = divmod(r, 5)
+        shifted = np.roll(dense[j].reshape(5, 5), (i, 0), axis=(0, 1)).ravel()
+        np.testing.assert_array_equal(dense[r], shifted)
+
+
+def test_main_job_runs(capsys):
+    from cnnlab.cli import main
+    assert main(["train", "--steps", "20", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 61,706" in out
+    losses = [float(line.split()[3]) for line in out.splitlines() if line.startswith("step")]
+    assert losses[-1] < losses[0]
