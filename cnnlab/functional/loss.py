@@ -53,6 +53,20 @@ def _targets(x, target, weight, ignore_index, label_smoothing, where):
     return q, float(w[yk][keep].sum()), out_shape
 
 
+def _reduce(per_row, denom, reduction, out_shape):
+    if reduction == "none":
+        return per_row.reshape(out_shape)
+    total = per_row.sum()
+    return np.asarray(total / denom if reduction == "mean" else total, dtype=per_row.dtype)
+
+
+def _upstream_per_row(g, denom, reduction):
+    """The upstream gradient of :func:`_reduce`, as a column to scale each row by."""
+    if reduction == "none":
+        return g.reshape(-1, 1)
+    return g / denom if reduction == "mean" else g
+
+
 class CrossEntropyFunction(Function):
     """loss_i = -sum_c q_ic log softmax(z_i)_c; dloss_i/dz_i = softmax(z_i) * sum_c q_ic - q_i."""
 
@@ -60,20 +74,14 @@ class CrossEntropyFunction(Function):
     def forward(ctx, rows, q, *, denom, reduction, out_shape):
         shifted = rows - rows.max(axis=1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        per_row = -(q * logp).sum(axis=1)
         ctx.save_for_backward(logp, q)
         ctx.meta = (denom, reduction)
-        if reduction == "none":
-            return per_row.reshape(out_shape)
-        total = per_row.sum()
-        return np.asarray(total / denom if reduction == "mean" else total, dtype=rows.dtype)
+        return _reduce(-(q * logp).sum(axis=1), denom, reduction, out_shape)
 
     @staticmethod
     def backward(ctx, g):
         logp, q = ctx.saved_tensors
-        denom, reduction = ctx.meta
-        scale = g.reshape(-1, 1) if reduction == "none" else (g / denom if reduction == "mean" else g)
-        d = (np.exp(logp) * q.sum(axis=1, keepdims=True) - q) * scale
+        d = (np.exp(logp) * q.sum(axis=1, keepdims=True) - q) * _upstream_per_row(g, *ctx.meta)
         return d.astype(logp.dtype, copy=False), None
 
 
@@ -129,20 +137,14 @@ class NLLLossFunction(Function):
 
     @staticmethod
     def forward(ctx, rows, q, *, denom, reduction, out_shape):
-        per_row = -(q * rows).sum(axis=1)
         ctx.save_for_backward(q)
         ctx.meta = (denom, reduction)
-        if reduction == "none":
-            return per_row.reshape(out_shape)
-        total = per_row.sum()
-        return np.asarray(total / denom if reduction == "mean" else total, dtype=rows.dtype)
+        return _reduce(-(q * rows).sum(axis=1), denom, reduction, out_shape)
 
     @staticmethod
     def backward(ctx, g):
         (q,) = ctx.saved_tensors
-        denom, reduction = ctx.meta
-        scale = g.reshape(-1, 1) if reduction == "none" else (g / denom if reduction == "mean" else g)
-        return (-q * scale).astype(q.dtype, copy=False), None
+        return (-q * _upstream_per_row(g, *ctx.meta)).astype(q.dtype, copy=False), None
 
 
 def nll_loss(input, target, weight=None, ignore_index: int = -100, reduction: str = "mean"):

@@ -23,6 +23,13 @@ def pool_output_size(n: int, kernel: int, stride: int, pad: int, dilation: int, 
     return out
 
 
+def check_pool_padding(padding, kernel, where: str) -> None:
+    """The implicit padding of a pooling window may be at most half the window (PyTorch's rule)."""
+    if any(p > k // 2 for p, k in zip(padding, kernel)):
+        raise ValueError(f"{where}: padding should be at most half of kernel_size, got padding {padding} "
+                         f"for kernel_size {kernel}")
+
+
 def _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode, where):
     x = as_tensor(x)
     check_rank(x, (3, 4), where, "(N, C, H, W) or (C, H, W)")
@@ -31,10 +38,7 @@ def _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode, where):
     stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else pair(stride, "stride", where)
     padding = pair(padding, "padding", where, allow_zero=True)
     dilation = pair(dilation, "dilation", where)
-    for p, k, name in zip(padding, kernel, ("height", "width")):
-        if p > k // 2:
-            raise ValueError(f"{where}: padding should be at most half of kernel_size, got padding {padding} "
-                             f"for kernel_size {kernel}")
+    check_pool_padding(padding, kernel, where)
     hw = x.shape[-2:]
     out_hw = tuple(pool_output_size(n, k, s, p, d, ceil_mode) for n, k, s, p, d in zip(hw, kernel, stride, padding, dilation))
     if min(out_hw) < 1:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .._errors import pair
 from .. import functional as F
+from ..functional.pooling import check_pool_padding
 from .module import Module
 
 
@@ -16,9 +17,7 @@ class MaxPool2d(Module):
         self.stride = self.kernel_size if stride is None else pair(stride, "stride", where)
         self.padding = pair(padding, "padding", where, allow_zero=True)
         self.dilation = pair(dilation, "dilation", where)
-        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{where}: padding should be at most half of kernel_size, got padding {self.padding} "
-                             f"for kernel_size {self.kernel_size}")
+        check_pool_padding(self.padding, self.kernel_size, where)
         self.return_indices = return_indices
         self.ceil_mode = ceil_mode
 
@@ -40,9 +39,7 @@ class AvgPool2d(Module):
         self.kernel_size = pair(kernel_size, "kernel_size", where)
         self.stride = self.kernel_size if stride is None else pair(stride, "stride", where)
         self.padding = pair(padding, "padding", where, allow_zero=True)
-        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{where}: padding should be at most half of kernel_size, got padding {self.padding} "
-                             f"for kernel_size {self.kernel_size}")
+        check_pool_padding(self.padding, self.kernel_size, where)
         self.ceil_mode = ceil_mode
         self.count_include_pad = count_include_pad
         self.divisor_override = divisor_override
