@@ -196,9 +196,10 @@ class MatMul(Function):
         # 1-D operands are promoted to matrices as np.matmul does, then squeezed back
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
+        # give the gradient back the axes that 1-D operands dropped from the product
         g2 = g
         if a.ndim == 1:
-            g2 = np.expand_dims(g2, -2)
+            g2 = np.expand_dims(g2, g2.ndim - (0 if b.ndim == 1 else 1))
         if b.ndim == 1:
             g2 = np.expand_dims(g2, -1)
         ga = gb = None
@@ -262,7 +263,8 @@ class Max(Function):
         axis, keepdims = ctx.args
         g = _expand_reduced(g, a.shape, axis, keepdims)
         mask = a == out
-        return (mask * (g / mask.sum(axis=axis, keepdims=True)),)
+        count = mask.sum(axis=axis, keepdims=True).astype(a.dtype)
+        return (mask * (g / count),)
 
 
 # ----- shape ops -----

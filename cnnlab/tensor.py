@@ -25,23 +25,25 @@ def is_grad_enabled() -> bool:
 class no_grad(contextlib.ContextDecorator):
     """Context manager and decorator: ops inside record nothing on the tape."""
 
+    _enabled = False
+
+    def __init__(self):
+        self._previous = []  # a stack, so one instance can be entered again while active (recursion)
+
     def __enter__(self):
-        self._prev = is_grad_enabled()
-        _state.grad_enabled = False
+        self._previous.append(is_grad_enabled())
+        _state.grad_enabled = self._enabled
         return self
 
     def __exit__(self, *exc):
-        _state.grad_enabled = self._prev
+        _state.grad_enabled = self._previous.pop()
         return False
 
 
 class enable_grad(no_grad):
     """Turns recording back on inside a ``no_grad`` block."""
 
-    def __enter__(self):
-        self._prev = is_grad_enabled()
-        _state.grad_enabled = True
-        return self
+    _enabled = True
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
@@ -297,6 +299,12 @@ class Tensor:
             raise TypeError("Tensor ** Tensor is not supported; use exp(log(a) * b)")
         return _ops.Pow.apply(self, exponent=float(exponent))
 
+    def __rpow__(self, base):
+        """``base ** t`` for a positive number ``base``: exp(t * log(base))."""
+        if isinstance(base, Tensor) or not np.isscalar(base) or base <= 0:
+            raise TypeError(f"number ** Tensor needs a positive number as the base, got {base!r}")
+        return (self * float(np.log(base))).exp()
+
     # comparisons give plain boolean tensors, outside the tape
     def __lt__(self, o): return Tensor._wrap(self.data < _raw(o))
     def __le__(self, o): return Tensor._wrap(self.data <= _raw(o))
@@ -339,7 +347,7 @@ class Tensor:
 
     def permute(self, *dims):
         dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
-        return _ops.Permute.apply(self, dims=tuple(dims))
+        return _ops.Permute.apply(self, dims=tuple(d % self.ndim for d in dims))
 
     def transpose(self, dim0=None, dim1=None):
         if dim0 is None:
@@ -402,13 +410,14 @@ def tensor(data, requires_grad=False, dtype=None) -> Tensor:
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 
 
-def as_tensor(x) -> Tensor:
-    """``x`` itself if it is a Tensor, else a Tensor sharing the ndarray's memory."""
+def as_tensor(x, where: str = "as_tensor", arg: str = "input") -> Tensor:
+    """``x`` itself if it is a Tensor, else a Tensor sharing the ndarray's memory.
+    ``where`` and ``arg`` name the op and argument in the error for anything else."""
     if isinstance(x, Tensor):
         return x
     if isinstance(x, np.ndarray):
         return Tensor(x)
-    raise TypeError(f"expected a cnnlab.Tensor or numpy.ndarray, got {type(x).__name__}")
+    raise TypeError(f"{where}: {arg} must be a cnnlab.Tensor or numpy.ndarray, got {type(x).__name__}")
 
 
 def _factory(fill):

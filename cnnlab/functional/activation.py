@@ -12,16 +12,16 @@ from ..tensor import Function, as_tensor
 
 def relu(input):
     """max(x, 0)."""
-    return ops.ReLU.apply(as_tensor(input))
+    return ops.ReLU.apply(as_tensor(input, "relu", "input"))
 
 
 def sigmoid(input):
     """1 / (1 + exp(-x)), computed without overflow for large |x|."""
-    return ops.Sigmoid.apply(as_tensor(input))
+    return ops.Sigmoid.apply(as_tensor(input, "sigmoid", "input"))
 
 
 def tanh(input):
-    return ops.Tanh.apply(as_tensor(input))
+    return ops.Tanh.apply(as_tensor(input, "tanh", "input"))
 
 
 class LeakyReLUFunction(Function):
@@ -39,7 +39,7 @@ class LeakyReLUFunction(Function):
 
 def leaky_relu(input, negative_slope: float = 0.01):
     """x for x > 0, ``negative_slope * x`` otherwise (a small slope keeps units from dying)."""
-    return LeakyReLUFunction.apply(as_tensor(input), slope=float(negative_slope))
+    return LeakyReLUFunction.apply(as_tensor(input, "leaky_relu", "input"), slope=float(negative_slope))
 
 
 class PReLUFunction(Function):
@@ -69,7 +69,7 @@ class PReLUFunction(Function):
 def prelu(input, weight):
     """x for x > 0, ``a * x`` otherwise, with the slope ``a`` learned: ``weight`` holds one
     slope shared by all channels, or one per channel (dimension 1 of the input)."""
-    x, a = as_tensor(input), as_tensor(weight)
+    x, a = as_tensor(input, "prelu", "input"), as_tensor(weight, "prelu", "weight")
     if a.numel() != 1:
         channels = x.shape[1] if x.ndim >= 2 else x.shape[0]
         if a.ndim != 1 or a.shape[0] != channels:
@@ -93,7 +93,7 @@ class ELUFunction(Function):
 
 def elu(input, alpha: float = 1.0):
     """x for x > 0, ``alpha * (exp(x) - 1)`` otherwise."""
-    return ELUFunction.apply(as_tensor(input), alpha=float(alpha))
+    return ELUFunction.apply(as_tensor(input, "elu", "input"), alpha=float(alpha))
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -138,14 +138,15 @@ def gelu(input, approximate: str = "none"):
     """x * Phi(x), Phi the standard normal CDF; ``approximate='tanh'`` uses the tanh formula."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return GELUFunction.apply(as_tensor(input), approximate=approximate)
+    return GELUFunction.apply(as_tensor(input, "gelu", "input"), approximate=approximate)
 
 
 def _dim(x, dim, where):
     if dim is None:
         raise TypeError(f"{where}: dim must be given (an int)")
     if not -x.ndim <= dim < x.ndim:
-        raise InputError(f"{where}: dim {dim} is out of range for a {x.ndim}-D input of shape {x.shape}")
+        raise InputError(f"{where}: dim must be in [{-x.ndim}, {x.ndim - 1}] for a {x.ndim}-D input of shape "
+                         f"{x.shape}, got {dim}")
     return dim % x.ndim
 
 
@@ -181,11 +182,11 @@ class LogSoftmaxFunction(Function):
 
 def softmax(input, dim=None):
     """exp(x_i) / sum_j exp(x_j) along ``dim``, shifted by the max so it never overflows."""
-    x = as_tensor(input)
+    x = as_tensor(input, "softmax", "input")
     return SoftmaxFunction.apply(x, dim=_dim(x, dim, "softmax"))
 
 
 def log_softmax(input, dim=None):
     """log(softmax(x)) along ``dim``, computed as x - max - log(sum(exp(x - max)))."""
-    x = as_tensor(input)
+    x = as_tensor(input, "log_softmax", "input")
     return LogSoftmaxFunction.apply(x, dim=_dim(x, dim, "log_softmax"))

@@ -175,7 +175,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         out: (N, F, Ho, Wo) with Ho = floor((H + pad_top + pad_bottom - dh*(KH-1) - 1) / sh) + 1.
     """
     where = "conv2d"
-    x, w = _as_tensor(input), _as_tensor(weight)
+    x, w = _as_tensor(input, "conv2d", "input"), _as_tensor(weight, "conv2d", "weight")
     check_rank(x, (3, 4), where, "(N, C, H, W) or (C, H, W)")
     check_float(x, where)
     if w.ndim != 4:
@@ -206,7 +206,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     padded = (in_hw[0] + pads[0] + pads[1], in_hw[1] + pads[2] + pads[3])
     _check_window_fits(padded, (kh, kw), dilation, where, in_hw, pads)
     if bias is not None:
-        bias = _as_tensor(bias)
+        bias = _as_tensor(bias, "conv2d", "bias")
         out_hw = (out_size(padded[0], kh, stride[0], dilation[0]), out_size(padded[1], kw, stride[1], dilation[1]))
         if bias.shape not in ((f,), (f,) + out_hw):
             raise InputError(
@@ -282,7 +282,7 @@ def locally_connected2d(input, weight, bias=None, stride=1, padding=0, dilation=
             is allowed, and (Ho, Wo) must agree with the weight.
     """
     where = "locally_connected2d"
-    x, w = _as_tensor(input), _as_tensor(weight)
+    x, w = _as_tensor(input, "locally_connected2d", "input"), _as_tensor(weight, "locally_connected2d", "weight")
     check_rank(x, (3, 4), where, "(N, C, H, W) or (C, H, W)")
     check_float(x, where)
     if w.ndim != 6:
@@ -311,7 +311,7 @@ def locally_connected2d(input, weight, bias=None, stride=1, padding=0, dilation=
             f"{tuple(in_hw)} gives {out_hw[0]}x{out_hw[1]}"
         )
     if bias is not None:
-        bias = _as_tensor(bias)
+        bias = _as_tensor(bias, "locally_connected2d", "bias")
         if bias.shape == (f,):
             bias = bias.reshape(f, 1, 1)
         elif bias.shape != (f, ho, wo):
@@ -370,7 +370,7 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
     """im2col (``torch.nn.functional.unfold``): (N, C, H, W) -> (N, C*KH*KW, L), one column
     per window position, L = Ho*Wo. A convolution is then ``weight.reshape(F, -1) @ cols``."""
     where = "unfold"
-    x = _as_tensor(input)
+    x = _as_tensor(input, "unfold", "input")
     check_rank(x, (4,), where, "(N, C, H, W)")
     kernel, stride, dilation, (ph, pw) = _window_args(kernel_size, dilation, padding, stride, where)
     pads = (ph, ph, pw, pw)
@@ -382,7 +382,7 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
     """col2im (``torch.nn.functional.fold``): (N, C*KH*KW, L) -> (N, C, H, W), summing the
     values that overlapping windows put on the same pixel. The adjoint of :func:`unfold`."""
     where = "fold"
-    cols = _as_tensor(input)
+    cols = _as_tensor(input, "fold", "input")
     check_rank(cols, (3,), where, "(N, C*KH*KW, L)")
     kernel, stride, dilation, (ph, pw) = _window_args(kernel_size, dilation, padding, stride, where)
     out_hw = pair(output_size, "output_size", where)

@@ -24,7 +24,7 @@ def _targets(x, target, weight, ignore_index, label_smoothing, where):
     c = x.shape[0] if unbatched else x.shape[1]
     n_rows = int(np.prod(x.shape)) // c
     out_shape = () if unbatched else (x.shape[0],) + x.shape[2:]
-    w = np.ones(c, x.dtype) if weight is None else np.asarray(as_tensor(weight).data, x.dtype)
+    w = np.ones(c, x.dtype) if weight is None else np.asarray(as_tensor(weight, where, "weight").data, x.dtype)
     if w.shape != (c,):
         raise InputError(f"{where}: weight must have shape ({c},), one per class, got {w.shape}")
     t = target.data
@@ -126,7 +126,7 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
         label_smoothing: eps in [0, 1]; the target becomes (1 - eps) * target + eps / C.
     """
     where = "cross_entropy"
-    x, t = as_tensor(input), as_tensor(target)
+    x, t = as_tensor(input, "cross_entropy", "input"), as_tensor(target, "cross_entropy", "target")
     _check_common(reduction, label_smoothing, where)
     q, denom, out_shape = _targets(x, t, weight, ignore_index, label_smoothing, where)
     return CrossEntropyFunction.apply(_Rows.apply(x), q, denom=denom, reduction=reduction, out_shape=out_shape)
@@ -151,7 +151,7 @@ def nll_loss(input, target, weight=None, ignore_index: int = -100, reduction: st
     """Negative log-likelihood of log-probabilities ``input`` (e.g. from :func:`log_softmax`)
     at the target classes (``torch.nn.functional.nll_loss``); arguments as for cross_entropy."""
     where = "nll_loss"
-    x, t = as_tensor(input), as_tensor(target)
+    x, t = as_tensor(input, "nll_loss", "input"), as_tensor(target, "nll_loss", "target")
     _check_common(reduction, 0.0, where)
     if t.dtype.kind == "f":
         raise InputError(f"{where}: target must hold class indices (integers), got dtype {t.dtype}")
@@ -161,7 +161,7 @@ def nll_loss(input, target, weight=None, ignore_index: int = -100, reduction: st
 
 def mse_loss(input, target, reduction: str = "mean"):
     """Mean squared error (``torch.nn.functional.mse_loss``)."""
-    x, t = as_tensor(input), as_tensor(target)
+    x, t = as_tensor(input, "mse_loss", "input"), as_tensor(target, "mse_loss", "target")
     _check_common(reduction, 0.0, "mse_loss")
     if x.shape != t.shape:
         raise InputError(f"mse_loss: input shape {x.shape} and target shape {t.shape} differ")

@@ -12,13 +12,18 @@ from ..tensor import Function, as_tensor
 
 def linear(input, weight, bias=None):
     """y = x W^T + b, with W of shape (out_features, in_features) (``torch.nn.functional.linear``)."""
-    x, w = as_tensor(input), as_tensor(weight)
+    x, w = as_tensor(input, "linear", "input"), as_tensor(weight, "linear", "weight")
     if w.ndim != 2:
         raise InputError(f"linear: weight must be 2-D (out_features, in_features), got shape {w.shape}")
     if x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise InputError(f"linear: expected input with last dimension {w.shape[1]} (in_features), got shape {x.shape}")
     out = x @ w.T
-    return out if bias is None else out + bias
+    if bias is None:
+        return out
+    bias = as_tensor(bias, "linear", "bias")
+    if bias.shape != (w.shape[0],):
+        raise InputError(f"linear: bias must have shape ({w.shape[0]},) (out_features), got {bias.shape}")
+    return out + bias
 
 
 class DropoutFunction(Function):
@@ -41,7 +46,7 @@ def dropout(input, p: float = 0.5, training: bool = True):
     the identity in evaluation, so expected activations match between the two."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
-    x = as_tensor(input)
+    x = as_tensor(input, "dropout", "input")
     if not training or p == 0:
         return x
     return DropoutFunction.apply(x, p=float(p))
@@ -67,7 +72,7 @@ def pad(input, pad, mode: str = "constant", value: float = 0.0):
     """Pad the last two axes (``torch.nn.functional.pad`` with a 2- or 4-tuple):
     ``pad = (left, right)`` or ``(left, right, top, bottom)``. Modes: 'constant'
     ('zeros'), 'reflect', 'replicate', 'circular', 'symmetric'."""
-    x = as_tensor(input)
+    x = as_tensor(input, "pad", "input")
     if mode not in _TORCH_MODE:
         raise ValueError(f"pad: mode must be one of {', '.join(map(repr, _TORCH_MODE))}, got {mode!r}")
     if len(pad) not in (2, 4) or any(int(p) != p or p < 0 for p in pad):
@@ -88,7 +93,7 @@ def pad(input, pad, mode: str = "constant", value: float = 0.0):
 
 def flatten(input, start_dim: int = 1, end_dim: int = -1):
     """Merge axes ``start_dim`` to ``end_dim`` into one (default: all but the batch axis)."""
-    return as_tensor(input).flatten(start_dim, end_dim)
+    return as_tensor(input, "flatten", "input").flatten(start_dim, end_dim)
 
 
 assert set(_TORCH_MODE.values()) == set(PADDING_MODES)

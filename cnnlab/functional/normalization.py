@@ -56,15 +56,19 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     gives their cumulative average only through the layer, which counts batches.
     In evaluation the running statistics normalise."""
     where = "batch_norm"
-    x = as_tensor(input)
+    x = as_tensor(input, "batch_norm", "input")
     if x.ndim < 2:
         raise InputError(f"{where}: expected input of shape (N, C, ...), got {x.shape}")
     c = x.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
-        if t is not None and tuple(t.shape) != (c,):
-            raise InputError(f"{where}: {name} must have shape ({c},) for input with {c} channels, got {tuple(t.shape)}")
-    rm = None if running_mean is None else as_tensor(running_mean).data
-    rv = None if running_var is None else as_tensor(running_var).data
+    per_channel = {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
+    for name, t in per_channel.items():
+        if t is not None:
+            t = per_channel[name] = as_tensor(t, where, name)
+            if t.shape != (c,):
+                raise InputError(f"{where}: {name} must have shape ({c},) for input with {c} channels, got {t.shape}")
+    weight, bias = per_channel["weight"], per_channel["bias"]
+    rm = None if running_mean is None else per_channel["running_mean"].data
+    rv = None if running_var is None else per_channel["running_var"].data
     if training:
         axes = (0,) + tuple(range(2, x.ndim))
         count = x.data.size // c

@@ -6,6 +6,8 @@ so overlapping windows (stride < kernel) accumulate, as they must.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .._errors import InputError, check_float, check_rank, pair
@@ -26,12 +28,13 @@ def pool_output_size(n: int, kernel: int, stride: int, pad: int, dilation: int, 
 def check_pool_padding(padding, kernel, where: str) -> None:
     """The implicit padding of a pooling window may be at most half the window (PyTorch's rule)."""
     if any(p > k // 2 for p, k in zip(padding, kernel)):
-        raise ValueError(f"{where}: padding should be at most half of kernel_size, got padding {padding} "
-                         f"for kernel_size {kernel}")
+        limit = tuple(k // 2 for k in kernel)
+        raise ValueError(f"{where}: padding should be at most half of kernel_size {kernel}, i.e. at most {limit}, "
+                         f"got padding {padding}")
 
 
 def _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode, where):
-    x = as_tensor(x)
+    x = as_tensor(x, where, "input")
     check_rank(x, (3, 4), where, "(N, C, H, W) or (C, H, W)")
     check_float(x, where)
     kernel = pair(kernel_size, "kernel_size", where)
@@ -118,7 +121,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
     Shape: Ho = floor((H + 2p - d(k-1) - 1) / s) + 1 (ceil with ``ceil_mode``).
     """
-    return _max_pool2d(as_tensor(input), kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    x = as_tensor(input, "max_pool2d", "input")
+    return _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
 # ----- average pooling -----
@@ -171,7 +175,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     ``count_include_pad`` (default True) divides by the window size including zero
     padding; False divides by the number of real input pixels in the window.
     ``divisor_override`` divides every window by that number instead."""
-    return _avg_pool2d(as_tensor(input), kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    x = as_tensor(input, "avg_pool2d", "input")
+    return _avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
 # ----- adaptive and global pooling -----
@@ -207,10 +212,11 @@ class AdaptiveAvgPool2dFunction(Function):
 
 
 def _adaptive_out(x, output_size, where):
-    if isinstance(output_size, int) or output_size is None:
+    if isinstance(output_size, numbers.Integral) or output_size is None:
         output_size = (output_size, output_size)
-    if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
-        raise TypeError(f"{where}: output_size must be an int or a pair, got {output_size!r}")
+    if (not isinstance(output_size, (tuple, list)) or len(output_size) != 2
+            or not all(o is None or (isinstance(o, numbers.Integral) and not isinstance(o, bool)) for o in output_size)):
+        raise TypeError(f"{where}: output_size must be an int or a pair of ints (or None), got {output_size!r}")
     out = tuple(x.shape[-2 + i] if o is None else o for i, o in enumerate(output_size))
     if min(out) < 1:
         raise ValueError(f"{where}: output_size must be positive, got {output_size!r}")
@@ -226,7 +232,7 @@ def _adaptive_avg(x, output_size):
 def adaptive_avg_pool2d(input, output_size):
     """Average pooling to a fixed output size, whatever the input size
     (``torch.nn.functional.adaptive_avg_pool2d``). ``None`` keeps that axis's size."""
-    x = as_tensor(input)
+    x = as_tensor(input, "adaptive_avg_pool2d", "input")
     check_rank(x, (3, 4), "adaptive_avg_pool2d", "(N, C, H, W) or (C, H, W)")
     check_float(x, "adaptive_avg_pool2d")
     return _adaptive_avg(x, output_size)
@@ -269,7 +275,7 @@ def _adaptive_max(x, output_size):
 
 def adaptive_max_pool2d(input, output_size):
     """Max pooling to a fixed output size (``torch.nn.functional.adaptive_max_pool2d``)."""
-    x = as_tensor(input)
+    x = as_tensor(input, "adaptive_max_pool2d", "input")
     check_rank(x, (3, 4), "adaptive_max_pool2d", "(N, C, H, W) or (C, H, W)")
     check_float(x, "adaptive_max_pool2d")
     return _adaptive_max(x, output_size)
@@ -278,13 +284,13 @@ def adaptive_max_pool2d(input, output_size):
 def global_avg_pool2d(input, keepdim: bool = False):
     """Mean over all spatial positions: (N, C, H, W) -> (N, C), or (N, C, 1, 1) with keepdim.
     With it a fully convolutional network accepts inputs of any size."""
-    x = as_tensor(input)
+    x = as_tensor(input, "global_avg_pool2d", "input")
     check_rank(x, (4,), "global_avg_pool2d", "(N, C, H, W)")
     return x.mean((2, 3), keepdim=keepdim)
 
 
 def global_max_pool2d(input, keepdim: bool = False):
     """Max over all spatial positions: (N, C, H, W) -> (N, C), or (N, C, 1, 1) with keepdim."""
-    x = as_tensor(input)
+    x = as_tensor(input, "global_max_pool2d", "input")
     check_rank(x, (4,), "global_max_pool2d", "(N, C, H, W)")
     return x.max((2, 3), keepdim=keepdim)
