@@ -29,7 +29,7 @@ import numpy as np
 from .._errors import InputError, check_float, check_rank, pair
 from ..kernels import add_windows, out_size, pad2d, pad2d_backward, windows
 from ..kernels.padding import MODES as PADDING_MODES
-from ..tensor import Function, as_tensor as _as_tensor
+from ..tensor import Function, as_tensor as _as_tensor, unbroadcast
 
 
 # ----- argument handling, shared with the layers and with summary/conv_matrix -----
@@ -246,13 +246,13 @@ class LocallyConnected2dFunction(Function):
         if b is not None:
             out = out + b
         ctx.save_for_backward(cols, wmat)
-        ctx.meta = (x.shape, w.shape, xp.shape, b is not None, stride, pads, dilation, padding_mode)
+        ctx.meta = (x.shape, w.shape, xp.shape, None if b is None else b.shape, stride, pads, dilation, padding_mode)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         cols, wmat = ctx.saved_tensors
-        x_shape, w_shape, xp_shape, has_bias, stride, pads, dilation, padding_mode = ctx.meta
+        x_shape, w_shape, xp_shape, b_shape, stride, pads, dilation, padding_mode = ctx.meta
         n, c, h, wd = x_shape
         ho, wo, f, _, kh, kw = w_shape
         gm = grad.transpose(2, 3, 0, 1).reshape(ho * wo, n, f)                      # L N F
@@ -265,8 +265,8 @@ class LocallyConnected2dFunction(Function):
         if ctx.needs_input_grad[1]:
             dwmat = np.matmul(cols.transpose(0, 2, 1), gm)                          # L KH*KW*C F
             dw = dwmat.reshape(ho, wo, kh, kw, c, f).transpose(0, 1, 5, 4, 2, 3)
-        if has_bias and ctx.needs_input_grad[2]:
-            db = grad.sum(axis=0)
+        if b_shape is not None and ctx.needs_input_grad[2]:
+            db = unbroadcast(grad.sum(axis=0), b_shape)   # (F, Ho, Wo), or (F, 1, 1) for a shared bias
         return dx, dw, db
 
 

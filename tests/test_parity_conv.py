@@ -1,0 +1,345 @@
+"""conv2d, true_conv2d, unfold/fold and locally_connected2d against PyTorch, values and
+gradients (input, weight and bias), in float64 and float32."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import cnnlab
+import cnnlab.functional as F
+from conftest import TOLERANCE, check_op, rel_error, tf_same_pads, torch_pad
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def torch_conv_ref(x, w, b, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """Explicit padding in the given mode, then torch conv2d with padding 0."""
+    stride, dilation = _pair(stride), _pair(dilation)
+    if padding == "same":
+        pads = tf_same_pads(x.shape[-2:], w.shape[-2:], stride, dilation)
+    elif padding == "valid":
+        pads = (0, 0, 0, 0)
+    else:
+        ph, pw = _pair(padding)
+        pads = (ph, ph, pw, pw)
+    return TF.conv2d(torch_pad(x, pads, padding_mode), w, b, stride, 0, dilation, groups)
+
+
+# ----- conv2d: geometry sweep -----
+# id: (x shape, weight shape, kwargs)
+GEOMETRY = {
+    "basic": ((2, 3, 7, 7), (4, 3, 3, 3), {}),
+    "stride2": ((2, 3, 8, 8), (4, 3, 3, 3), dict(stride=2)),
+    "stride_pair": ((2, 2, 9, 7), (3, 2, 3, 3), dict(stride=(2, 3), padding=1)),
+    "pad_not_dividing": ((2, 2, 8, 7), (3, 2, 3, 3), dict(stride=2, padding=(1, 2))),
+    "stride3_pad2": ((1, 2, 10, 11), (2, 2, 4, 4), dict(stride=3, padding=2)),
+    "nonsquare_kernel": ((2, 2, 7, 8), (3, 2, 2, 5), dict(padding=(1, 2))),
+    "nonsquare_kernel_stride": ((2, 3, 9, 6), (2, 3, 1, 3), dict(stride=(1, 2), padding=(0, 1))),
+    "dilation2": ((2, 2, 9, 9), (3, 2, 3, 3), dict(dilation=2, padding=2)),
+    "dilation_pair_stride": ((1, 3, 10, 9), (2, 3, 3, 2), dict(dilation=(2, 3), stride=(2, 1), padding=(1, 0))),
+    "groups2": ((2, 4, 6, 6), (6, 2, 3, 3), dict(groups=2, padding=1)),
+    "groups3_stride_dil": ((2, 6, 9, 8), (3, 2, 3, 2), dict(groups=3, stride=2, dilation=(1, 2), padding=(2, 1))),
+    "depthwise": ((2, 4, 6, 6), (4, 1, 3, 3), dict(groups=4, padding=1)),
+    "depthwise_multiplier": ((2, 3, 6, 5), (6, 1, 3, 3), dict(groups=3, stride=2)),
+    "batch1": ((1, 3, 5, 6), (2, 3, 3, 3), dict(padding=1)),
+    "one_channel": ((3, 1, 6, 6), (2, 1, 3, 3), {}),
+    "one_channel_one_filter": ((2, 1, 5, 5), (1, 1, 2, 2), dict(stride=2, padding=1)),
+    "pointwise": ((2, 3, 5, 5), (4, 3, 1, 1), {}),
+    "kernel_is_input": ((2, 2, 4, 3), (3, 2, 4, 3), {}),
+    "padding_larger_than_kernel": ((2, 2, 4, 4), (2, 2, 2, 2), dict(padding=3)),
+    "one_pixel": ((2, 3, 1, 1), (2, 3, 1, 1), {}),
+}
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", list(GEOMETRY))
+def test_conv2d_geometry(case, bias, dtype):
+    xs, ws, kw = GEOMETRY[case]
+    rng = np.random.default_rng(1)
+    arrays = [rand(rng, *xs), rand(rng, *ws)] + ([rand(rng, ws[0])] if bias else [])
+    check_op("conv2d", lambda x, w, b=None: F.conv2d(x, w, b, **kw),
+             lambda x, w, b=None: TF.conv2d(x, w, b, **kw), arrays, dtype)
+
+
+def test_conv2d_large_values_keep_relative_accuracy(dtype):
+    rng = np.random.default_rng(2)
+    arrays = [1e3 * rand(rng, 2, 3, 6, 6), rand(rng, 4, 3, 3, 3), rand(rng, 4)]
+    check_op("conv2d", lambda x, w, b: F.conv2d(x, w, b, padding=1),
+             lambda x, w, b: TF.conv2d(x, w, b, padding=1), arrays, dtype)
+
+
+def test_conv2d_unbatched(dtype):
+    rng = np.random.default_rng(3)
+    arrays = [rand(rng, 3, 7, 6), rand(rng, 4, 3, 3, 2), rand(rng, 4)]
+    out, _ = check_op("conv2d", lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1),
+                      lambda x, w, b: TF.conv2d(x, w, b, stride=2, padding=1), arrays, dtype)
+    assert out[0].shape == (4, 4, 4)
+
+
+def test_conv2d_unbatched_groups_same(dtype):
+    rng = np.random.default_rng(4)
+    arrays = [rand(rng, 4, 5, 5), rand(rng, 4, 2, 3, 3)]
+    check_op("conv2d", lambda x, w: F.conv2d(x, w, padding="same", groups=2, padding_mode="reflect"),
+             lambda x, w: torch_conv_ref(x, w, None, padding="same", groups=2, padding_mode="reflect"),
+             arrays, dtype)
+
+
+def test_conv2d_input_only_and_weight_only_gradients(dtype):
+    """Backward must give the right gradient when only some inputs require one."""
+    rng = np.random.default_rng(5)
+    arrays = [rand(rng, 2, 2, 5, 5), rand(rng, 3, 2, 3, 3), rand(rng, 3)]
+    for flags in ([True, False, False], [False, True, False], [False, False, True]):
+        check_op("conv2d", lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1),
+                 lambda x, w, b: TF.conv2d(x, w, b, stride=2, padding=1), arrays, dtype, requires_grad=flags)
+
+
+# ----- conv2d: 'same' and 'valid' -----
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("kernel,dilation", [((3, 3), 1), ((2, 4), 1), ((3, 2), (2, 1)), ((1, 5), 2)])
+def test_conv2d_same_stride1_matches_torch_same(kernel, dilation, dtype):
+    rng = np.random.default_rng(6)
+    arrays = [rand(rng, 2, 3, 7, 8), rand(rng, 4, 3, *kernel), rand(rng, 4)]
+    out, _ = check_op("conv2d", lambda x, w, b: F.conv2d(x, w, b, padding="same", dilation=dilation),
+                      lambda x, w, b: TF.conv2d(x, w, b, padding="same", dilation=dilation), arrays, dtype)
+    assert out[0].shape == (2, 4, 7, 8)
+
+
+@pytest.mark.parametrize("hw,kernel,stride,dilation", [
+    ((7, 8), (3, 3), 2, 1),      # odd total padding on one axis
+    ((8, 8), (3, 3), 2, 1),
+    ((9, 10), (4, 2), (3, 2), 1),
+    ((10, 7), (3, 3), (2, 3), (2, 1)),
+    ((5, 6), (1, 1), 2, 1),      # no padding needed
+    ((6, 5), (5, 4), 4, 1),
+])
+def test_conv2d_same_strided_uses_tensorflow_rule(hw, kernel, stride, dilation, dtype):
+    rng = np.random.default_rng(7)
+    arrays = [rand(rng, 2, 2, *hw), rand(rng, 3, 2, *kernel), rand(rng, 3)]
+    out, _ = check_op("conv2d", lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding="same", dilation=dilation),
+                      lambda x, w, b: torch_conv_ref(x, w, b, stride=stride, padding="same", dilation=dilation),
+                      arrays, dtype)
+    s = _pair(stride)
+    assert out[0].shape[2:] == (math.ceil(hw[0] / s[0]), math.ceil(hw[1] / s[1]))
+
+
+def test_conv2d_valid(dtype):
+    rng = np.random.default_rng(8)
+    arrays = [rand(rng, 2, 3, 7, 6), rand(rng, 2, 3, 3, 2), rand(rng, 2)]
+    check_op("conv2d", lambda x, w, b: F.conv2d(x, w, b, stride=2, padding="valid"),
+             lambda x, w, b: TF.conv2d(x, w, b, stride=2, padding="valid"), arrays, dtype)
+
+
+# ----- conv2d: padding modes -----
+MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
+MODE_CASES = {
+    "pad1": ((2, 3, 6, 7), (4, 3, 3, 3), dict(padding=1)),
+    "pad_pair_stride": ((2, 2, 7, 6), (3, 2, 3, 2), dict(padding=(2, 1), stride=2)),
+    "dilation_groups": ((1, 4, 8, 7), (4, 2, 3, 3), dict(padding=(2, 3), dilation=2, groups=2)),
+    "same_stride1_even": ((2, 2, 5, 6), (2, 2, 2, 4), dict(padding="same")),
+    "same_stride2": ((2, 2, 7, 6), (3, 2, 3, 3), dict(padding="same", stride=2)),
+    "pad_equals_size_minus1": ((1, 1, 3, 4), (2, 1, 3, 3), dict(padding=2)),
+}
+
+
+@pytest.mark.parametrize("case", list(MODE_CASES))
+@pytest.mark.parametrize("mode", MODES)
+def test_conv2d_padding_modes(mode, case, dtype):
+    xs, ws, kw = MODE_CASES[case]
+    rng = np.random.default_rng(9)
+    arrays = [rand(rng, *xs), rand(rng, *ws), rand(rng, ws[0])]
+    check_op("conv2d", lambda x, w, b: F.conv2d(x, w, b, padding_mode=mode, **kw),
+             lambda x, w, b: torch_conv_ref(x, w, b, padding_mode=mode, **kw), arrays, dtype)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_conv2d_padding_modes_match_torch_padding_mode(mode, dtype):
+    """The same, through torch's own nn.Conv2d(padding_mode=...)."""
+    rng = np.random.default_rng(10)
+    x, w, b = rand(rng, 2, 2, 6, 5), rand(rng, 3, 2, 3, 3), rand(rng, 3)
+
+    def torch_fn(x, w, b):
+        # nn.Conv2d applies its padding_mode in _conv_forward, with the weight and bias given
+        conv = torch.nn.Conv2d(2, 3, 3, stride=2, padding=(2, 1), padding_mode=mode, dtype=x.dtype)
+        return conv._conv_forward(x, w, b)
+
+    check_op("conv2d", lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=(2, 1), padding_mode=mode),
+             torch_fn, [x, w, b], dtype)
+
+
+def test_symmetric_reference_is_numpy_symmetric_pad():
+    """The torch gather used as the 'symmetric' reference is np.pad(mode='symmetric')."""
+    x = np.random.default_rng(11).standard_normal((2, 3, 4, 5))
+    ours = torch_pad(torch.from_numpy(x), (2, 3, 4, 1), "symmetric").numpy()
+    np.testing.assert_array_equal(ours, np.pad(x, ((0, 0), (0, 0), (2, 3), (4, 1)), mode="symmetric"))
+
+
+def test_conv2d_symmetric_against_numpy_pad(dtype):
+    rng = np.random.default_rng(12)
+    x, w = rand(rng, 2, 2, 5, 4).astype(dtype), rand(rng, 3, 2, 3, 3).astype(dtype)
+    xp = np.pad(x, ((0, 0), (0, 0), (2, 2), (1, 1)), mode="symmetric")
+    want = TF.conv2d(torch.from_numpy(xp), torch.from_numpy(w), padding=0).numpy()
+    got = F.conv2d(cnnlab.Tensor(x), cnnlab.Tensor(w), padding=(2, 1), padding_mode="symmetric").data
+    assert rel_error(got, want) <= TOLERANCE[np.dtype(dtype)]
+
+
+# ----- untied bias -----
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=(0, 1)), dict(padding="same", stride=2),
+                                dict(groups=2, dilation=2, padding=2, padding_mode="reflect")],
+                         ids=["pad1", "stride2", "same_stride2", "groups_dil_reflect"])
+def test_conv2d_untied_bias(kw, dtype):
+    rng = np.random.default_rng(13)
+    x, w = rand(rng, 2, 4, 7, 6), rand(rng, 4, 2 if "groups" in kw else 4, 3, 3)
+    ho, wo = F.conv_output_size((7, 6), (3, 3), kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1))
+    b = rand(rng, 4, ho, wo)
+    check_op("conv2d_untied_bias", lambda x, w, b: F.conv2d(x, w, b, **kw),
+             lambda x, w, b: torch_conv_ref(x, w, None, **kw) + b, [x, w, b], dtype)
+
+
+# ----- true convolution -----
+@pytest.mark.parametrize("kw", [{}, dict(stride=2, padding=(1, 2)), dict(groups=2, dilation=(1, 2), padding=1),
+                                dict(padding="same", padding_mode="circular")],
+                         ids=["plain", "stride_pad", "groups_dil", "same_circular"])
+def test_true_conv2d_is_conv_with_flipped_kernel(kw, dtype):
+    rng = np.random.default_rng(14)
+    x, w, b = rand(rng, 2, 4, 6, 7), rand(rng, 4, 2 if "groups" in kw else 4, 3, 2), rand(rng, 4)
+    check_op("true_conv2d", lambda x, w, b: F.true_conv2d(x, w, b, **kw),
+             lambda x, w, b: torch_conv_ref(x, w.flip(2, 3), b, **kw), [x, w, b], dtype)
+
+
+def test_true_conv2d_matches_scipy_convolve2d():
+    """Signal-processing convolution, checked against an independent library."""
+    from scipy.signal import convolve2d
+    rng = np.random.default_rng(15)
+    x, w = rand(rng, 6, 7), rand(rng, 3, 2)
+    got = F.true_conv2d(cnnlab.Tensor(x[None, None]), cnnlab.Tensor(w[None, None])).data[0, 0]
+    np.testing.assert_allclose(got, convolve2d(x, w, mode="valid"), rtol=1e-12, atol=1e-12)
+
+
+# ----- unfold / fold -----
+UNFOLD_CASES = {
+    "k3": ((2, 3, 5, 6), dict(kernel_size=3)),
+    "k_pair_stride_pad": ((2, 2, 7, 6), dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 2))),
+    "dilation": ((1, 2, 8, 7), dict(kernel_size=(3, 2), dilation=(2, 3), padding=1)),
+    "stride_gt_kernel": ((2, 1, 9, 9), dict(kernel_size=2, stride=3)),
+    "k1": ((2, 3, 4, 4), dict(kernel_size=1)),
+}
+
+
+@pytest.mark.parametrize("case", list(UNFOLD_CASES))
+def test_unfold(case, dtype):
+    xs, kw = UNFOLD_CASES[case]
+    x = np.random.default_rng(16).standard_normal(xs)
+    check_op("unfold", lambda x: F.unfold(x, **kw), lambda x: TF.unfold(x, **kw), [x], dtype)
+
+
+@pytest.mark.parametrize("case", list(UNFOLD_CASES))
+def test_fold(case, dtype):
+    xs, kw = UNFOLD_CASES[case]
+    cols_shape = TF.unfold(torch.zeros(xs, dtype=torch.float64), **kw).shape
+    cols = np.random.default_rng(17).standard_normal(tuple(cols_shape))
+    check_op("fold", lambda c: F.fold(c, xs[2:], **kw), lambda c: TF.fold(c, xs[2:], **kw), [cols], dtype)
+
+
+def test_unfold_matmul_is_conv2d(dtype):
+    """The docstring's claim: a convolution is weight.reshape(F, -1) @ unfold(x)."""
+    rng = np.random.default_rng(18)
+    x, w = rand(rng, 2, 3, 6, 5), rand(rng, 4, 3, 3, 2)
+
+    def ours(x, w):
+        cols = F.unfold(x, (3, 2), padding=1, stride=2)
+        return (w.reshape(4, -1) @ cols).reshape(2, 4, 3, 3)
+
+    check_op("unfold", ours, lambda x, w: TF.conv2d(x, w, padding=1, stride=2), [x, w], dtype)
+
+
+# ----- locally connected: a torch loop twin (no torch op exists) -----
+def torch_locally_connected(x, w, b, stride=1, padding=0, dilation=1, padding_mode="zeros"):
+    """Loop over output positions: out[:, :, i, j] = sum w[i, j] * window(i, j)."""
+    stride, dilation = _pair(stride), _pair(dilation)
+    ho, wo, f, c, kh, kw = w.shape
+    if padding == "same":
+        pads = tf_same_pads(x.shape[-2:], (kh, kw), stride, dilation)
+    else:
+        ph, pw = _pair(padding)
+        pads = (ph, ph, pw, pw)
+    xp = torch_pad(x, pads, padding_mode)
+    rows = []
+    for i in range(ho):
+        cols = []
+        for j in range(wo):
+            r0, c0 = i * stride[0], j * stride[1]
+            rows_ = slice(r0, r0 + dilation[0] * (kh - 1) + 1, dilation[0])
+            cols_ = slice(c0, c0 + dilation[1] * (kw - 1) + 1, dilation[1])
+            win = xp[:, :, rows_, cols_]
+            cols.append(torch.einsum("nckl,fckl->nf", win, w[i, j]))
+        rows.append(torch.stack(cols, dim=-1))
+    out = torch.stack(rows, dim=-2)
+    if b is not None:
+        out = out + (b if b.ndim == 3 else b[:, None, None])
+    return out
+
+
+LC_CASES = {
+    "plain": ((2, 3, 5, 5), 3, (3, 3), {}),
+    "stride_pad": ((2, 2, 7, 6), 4, (3, 2), dict(stride=2, padding=(1, 2))),
+    "dilation": ((1, 2, 8, 7), 2, (2, 3), dict(dilation=(2, 1), padding=1)),
+    "same_reflect": ((2, 2, 5, 6), 3, (3, 3), dict(padding="same", padding_mode="reflect")),
+    "same_stride_symmetric": ((2, 2, 7, 6), 2, (3, 3), dict(padding="same", stride=2, padding_mode="symmetric")),
+}
+
+
+@pytest.mark.parametrize("bias", ["none", "tied", "untied"])
+@pytest.mark.parametrize("case", list(LC_CASES))
+def test_locally_connected2d(case, bias, dtype):
+    xs, f, k, kw = LC_CASES[case]
+    ho, wo = F.conv_output_size(xs[2:], k, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1))
+    rng = np.random.default_rng(19)
+    arrays = [rand(rng, *xs), rand(rng, ho, wo, f, xs[1], *k)]
+    if bias != "none":
+        arrays.append(rand(rng, f, ho, wo) if bias == "untied" else rand(rng, f))
+    check_op("locally_connected2d", lambda x, w, b=None: F.locally_connected2d(x, w, b, **kw),
+             lambda x, w, b=None: torch_locally_connected(x, w, b, **kw), arrays, dtype)
+
+
+def test_locally_connected2d_unbatched(dtype):
+    rng = np.random.default_rng(20)
+    arrays = [rand(rng, 2, 5, 4), rand(rng, 3, 2, 3, 2, 3, 3), rand(rng, 3, 3, 2)]
+    check_op("locally_connected2d", lambda x, w, b: F.locally_connected2d(x, w, b, padding=(0, 0), stride=(1, 1)),
+             lambda x, w, b: torch_locally_connected(x[None], w, b)[0], arrays, dtype)
+
+
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=(1, 0), dilation=(1, 2)),
+                                dict(padding="same", padding_mode="circular")], ids=["pad1", "stride_dil", "same_circ"])
+def test_locally_connected_with_shared_weights_is_conv2d(kw, dtype):
+    """With every position's filters equal to one conv weight, it is that convolution:
+    values and input gradient."""
+    rng = np.random.default_rng(21)
+    x, w, b = rand(rng, 2, 3, 7, 6).astype(dtype), rand(rng, 4, 3, 3, 3).astype(dtype), rand(rng, 4).astype(dtype)
+    ho, wo = F.conv_output_size((7, 6), (3, 3), kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1))
+    w_lc = np.broadcast_to(w, (ho, wo) + w.shape).copy()
+    g = rng.standard_normal((2, 4, ho, wo)).astype(dtype)
+
+    xa = cnnlab.Tensor(x.copy(), requires_grad=True)
+    conv = F.conv2d(xa, cnnlab.Tensor(w), cnnlab.Tensor(b), **kw)
+    conv.backward(g)
+    xb = cnnlab.Tensor(x.copy(), requires_grad=True)
+    wb = cnnlab.Tensor(w_lc, requires_grad=True)
+    lc = F.locally_connected2d(xb, wb, cnnlab.Tensor(b), **kw)
+    lc.backward(g)
+    tol = TOLERANCE[np.dtype(dtype)]
+    assert lc.shape == conv.shape
+    assert np.abs(lc.data - conv.data).max() <= tol * np.abs(conv.data).max()
+    assert np.abs(xb.grad - xa.grad).max() <= tol * np.abs(xa.grad).max()
+    # and the conv weight's gradient is the sum of the per-position weight gradients
+    xc = cnnlab.Tensor(x.copy())
+    wc = cnnlab.Tensor(w.copy(), requires_grad=True)
+    F.conv2d(xc, wc, cnnlab.Tensor(b), **kw).backward(g)
+    assert np.abs(wb.grad.sum(axis=(0, 1)) - wc.grad).max() <= tol * np.abs(wc.grad).max()
