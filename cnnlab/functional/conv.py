@@ -136,10 +136,18 @@ class Conv2dFunction(Function):
         gm = grad.transpose(0, 2, 3, 1).reshape(n * ho * wo, g, f // g).transpose(1, 0, 2)  # G M Fg
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dcols = np.matmul(gm, wmat.transpose(0, 2, 1))                          # G M KH*KW*Cg
-            dwin = dcols.reshape(g, n, ho, wo, kh, kw, cg).transpose(1, 2, 3, 0, 6, 4, 5)
-            dxp = add_windows(np.zeros((n, hp, wp, g, cg), grad.dtype), dwin, stride, dilation, axes=(1, 2))
-            dx = pad2d_backward(dxp.reshape(n, hp, wp, c), (n, h, wd, c), pads, padding_mode, axes=(1, 2))
+            if stride == (1, 1) and padding_mode == "zeros":
+                # only the unpadded part of the input gradient is needed: gather just that
+                dx = _input_grad_by_gather(grad, wmat, g, (kh, kw), dilation, ((pads[0], h), (pads[2], wd)))
+            else:
+                if stride == (1, 1):
+                    dxp = _input_grad_by_gather(grad, wmat, g, (kh, kw), dilation, ((0, hp), (0, wp)))
+                else:
+                    dcols = np.matmul(gm, wmat.transpose(0, 2, 1))                  # G M KH*KW*Cg
+                    dwin = dcols.reshape(g, n, ho, wo, kh, kw, cg).transpose(1, 2, 3, 0, 6, 4, 5)
+                    dxp = add_windows(np.zeros((n, hp, wp, g, cg), grad.dtype), dwin, stride, dilation,
+                                      axes=(1, 2)).reshape(n, hp, wp, c)
+                dx = pad2d_backward(dxp, (n, h, wd, c), pads, padding_mode, axes=(1, 2))
             dx = dx.transpose(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
             dwmat = np.matmul(cols.transpose(0, 2, 1), gm)                          # G KH*KW*Cg Fg
@@ -147,6 +155,30 @@ class Conv2dFunction(Function):
         if b_ndim is not None and ctx.needs_input_grad[2]:
             db = grad.sum(axis=(0, 2, 3)) if b_ndim == 1 else grad.sum(axis=0)
         return dx, dw, db
+
+
+def _input_grad_by_gather(grad, wmat, groups, kernel, dilation, region):
+    """The input gradient of a stride-1 convolution, computed as a gather: the output
+    gradient, zero-padded by the dilated kernel's reach, cross-correlated with the kernel
+    flipped in both axes and with in/out channels swapped (a "full" convolution).
+
+    Equivalent to col2im(G @ W^T), but an im2col copy plus one matrix multiply moves far
+    less memory than col2im's KH*KW strided scatter-adds. ``region`` = ((row0, rows),
+    (col0, cols)) selects the part of the padded input's gradient to compute.
+    Returns (N, rows, cols, C), channels-last."""
+    n, f, ho, wo = grad.shape
+    (kh, kw), (dh, dw) = kernel, dilation
+    (r0, rows), (c0, cols) = region
+    fg = f // groups
+    cg = wmat.shape[1] // (kh * kw)
+    reach_h, reach_w = dh * (kh - 1), dw * (kw - 1)
+    gp = pad2d(grad.transpose(0, 2, 3, 1), (reach_h, reach_h, reach_w, reach_w), axes=(1, 2))
+    gp = gp[:, r0:r0 + rows + reach_h, c0:c0 + cols + reach_w]
+    win = windows(gp.reshape(gp.shape[:3] + (groups, fg)), kernel, (1, 1), dilation, axes=(1, 2))
+    gcols = win.transpose(3, 0, 1, 2, 5, 6, 4).reshape(groups, n * rows * cols, kh * kw * fg)
+    wflip = (wmat.reshape(groups, kh, kw, cg, fg)[:, ::-1, ::-1]
+             .transpose(0, 1, 2, 4, 3).reshape(groups, kh * kw * fg, cg))
+    return np.matmul(gcols, wflip).transpose(1, 0, 2).reshape(n, rows, cols, groups * cg)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
