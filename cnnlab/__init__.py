@@ -7,4 +7,4 @@ from .random import manual_seed
 from . import nn
 from .conv_matrix import conv_matrix
 from .summary import summary
-from . import models, optim
+from . import data, models, optim, train
