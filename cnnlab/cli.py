@@ -1,65 +1,302 @@
-"""The ``cnnlab`` command."""
+"""The ``cnnlab`` command: train, eval, predict and summary.
+
+    cnnlab train                     LeNet-5 on the embedded digits (no files, no network)
+    cnnlab train --dataset mnist --data-dir DIR --model lenet5 --epochs 10
+    cnnlab eval runs/mnist-lenet5/checkpoint.npz
+    cnnlab predict runs/mnist-lenet5/checkpoint.npz digit.png another.jpg --top-k 3
+    cnnlab summary resnet20 --input-shape 3 32 32
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
 
 import numpy as np
 
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+AUGMENTATIONS = ("auto", "none", "translate", "crop-flip")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
-def _cmd_train(args) -> int:
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# ----- building blocks shared by the commands -----
+def _augmentation(kind, in_shape, data):
+    if kind == "auto":  # small shifts for digits and clothes; crops and mirror images for photos
+        kind = "crop-flip" if in_shape[0] == 3 else "translate"
+    if kind == "none":
+        return []
+    if kind == "translate":
+        return [data.RandomTranslate(max(1, in_shape[1] // 14))]
+    return [data.RandomCrop(in_shape[1:], padding=4), data.RandomHorizontalFlip()]
+
+
+def _load_split(args_dataset, split, data_dir, download=True):
+    from cnnlab import data
+    try:
+        return data.load_dataset(args_dataset, split, data_dir=data_dir, download=download)
+    except (OSError, ValueError, ImportError) as e:
+        raise CLIError(str(e)) from None
+
+
+def _model_from_meta(meta):
+    from cnnlab import models
+    return models.create(meta["model"], meta["in_shape"], meta["num_classes"], **meta.get("model_kwargs", {}))
+
+
+def _load_for_inference(path):
+    from cnnlab.train import CheckpointError, load_checkpoint
+    try:
+        ckpt = load_checkpoint(path)
+        if "model" not in ckpt.meta:
+            raise CheckpointError(f"checkpoint {path}: it does not say which model it holds (no 'model' entry)")
+        model = _model_from_meta(ckpt.meta)
+        model.load_state_dict(ckpt.model_state)
+    except (CheckpointError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    model.eval()
+    return model, ckpt.meta
+
+
+def _optimizer(args, model):
+    from cnnlab import optim
+    params = model.parameters()
+    if args.optimizer == "sgd":
+        return optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                         nesterov=args.nesterov and args.momentum > 0)
+    cls = optim.Adam if args.optimizer == "adam" else optim.AdamW
+    return cls(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def _scheduler(args, optimizer, steps_per_epoch):
+    """Returns (scheduler, 'epoch' or 'batch')."""
+    from cnnlab.optim import lr_scheduler as sched
+    if args.schedule == "onecycle":
+        return sched.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch), "batch"
+    if args.schedule == "constant":
+        main = None
+    elif args.schedule == "step":
+        main = sched.StepLR(optimizer, step_size=max(1, (args.epochs - args.warmup_epochs) // 3), gamma=0.1)
+    else:
+        main = sched.CosineAnnealingLR(optimizer, T_max=max(1, args.epochs - args.warmup_epochs))
+    if not args.warmup_epochs:
+        return main, "epoch"
+    warm = sched.LinearLR(optimizer, start_factor=0.1, total_iters=args.warmup_epochs)
+    if main is None:
+        return warm, "epoch"
+    return sched.SequentialLR(optimizer, [warm, main], milestones=[args.warmup_epochs]), "epoch"
+
+
+# ----- commands -----
+def cmd_train(args) -> int:
     import cnnlab
-    from cnnlab import functional as F, models
+    from cnnlab import data, models
+    from cnnlab.train import TrainingDiverged, TrainingInterrupted, fit
+
+    if args.model not in models.MODELS:
+        raise CLIError(f"unknown model {args.model!r}; choose one of {', '.join(models.MODELS)}")
+    small = args.dataset == "digits"
+    args.epochs = args.epochs if args.epochs is not None else (80 if small else 15)
+    args.batch_size = args.batch_size if args.batch_size is not None else (32 if small else 128)
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    train_set = _load_split(args.dataset, "train", args.data_dir)
+    test_set = _load_split(args.dataset, "test", args.data_dir)
+    in_shape = tuple(train_set.images.shape[1:])
+    num_classes = len(train_set.classes)
+    mean, std = train_set.mean_std()
+    normalize = data.Normalize(mean, std)
+    train_tf = data.Compose(_augmentation(args.augment, in_shape, data) + [normalize])
+    train_loader = data.DataLoader(train_set, args.batch_size, shuffle=True, transform=train_tf, seed=args.seed)
+    test_loader = data.DataLoader(test_set, 500, transform=normalize)
 
     cnnlab.manual_seed(args.seed)
-    model = models.lenet5()
-    cnnlab.summary(model, (1, 28, 28))
-    # Until dataset loaders exist, this fits one fixed random batch: it runs every part of
-    # the pipeline (forward, loss, backward, update) and shows the loss going down.
-    rng = np.random.default_rng(args.seed)
-    x = cnnlab.Tensor(rng.standard_normal((args.batch_size, 1, 28, 28)).astype(np.float32))
-    y = cnnlab.Tensor(rng.integers(0, 10, args.batch_size))
-    start = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        loss = F.cross_entropy(model(x), y)
-        model.zero_grad()
-        loss.backward()
-        for p in model.parameters():
-            p.data -= np.float32(args.lr) * p.grad
-        if step == 1 or step % 20 == 0 or step == args.steps:
-            acc = float((model(x).data.argmax(1) == y.data).mean())
-            print(f"step {step:3d}  loss {loss.item():.4f}  batch accuracy {acc:.2f}")
-    print(f"{args.steps} steps in {time.perf_counter() - start:.2f} s")
+    model = models.create(args.model, in_shape, num_classes)
+    optimizer = _optimizer(args, model)
+    scheduler, interval = _scheduler(args, optimizer, len(train_loader))
+    out = args.out or os.path.join("runs", f"{args.dataset}-{args.model}")
+    ckpt, metrics = os.path.join(out, "checkpoint.npz"), os.path.join(out, "metrics.jsonl")
+    if not args.resume and os.path.exists(metrics):
+        os.remove(metrics)  # a fresh run starts a fresh metrics file
+    meta = {"model": args.model, "model_kwargs": {}, "in_shape": list(in_shape), "num_classes": num_classes,
+            "dataset": args.dataset, "classes": list(train_set.classes),
+            "normalize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+            "args": {k: v for k, v in vars(args).items() if k != "run"}}
+    print(f"training {args.model} ({model.num_parameters():,} parameters) on {args.dataset}: "
+          f"{len(train_set)} training and {len(test_set)} test images, {args.epochs} epochs; output in {out}")
+    try:
+        history = fit(model, train_loader, optimizer, args.epochs, test_loader=test_loader, scheduler=scheduler,
+                      scheduler_interval=interval, loss_fn=_loss(args.label_smoothing), checkpoint_path=ckpt,
+                      metrics_path=metrics, resume=args.resume, progress=not args.no_progress, meta=meta)
+    except TrainingDiverged as e:
+        print(f"cnnlab train: {e}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as e:
+        print(f"\ncnnlab train: {e}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:
+        raise CLIError(str(e)) from None
+    if history.epochs:
+        last = history.last
+        total = sum(r["seconds"] for r in history.epochs)
+        print(f"test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epochs "
+              f"({total:.1f} s of training); checkpoint {ckpt}")
     return 0
 
 
-def _cmd_summary(args) -> int:
+def _loss(label_smoothing):
+    from cnnlab import functional as F
+    if not label_smoothing:
+        return F.cross_entropy
+    return lambda logits, y, reduction="mean": F.cross_entropy(logits, y, reduction=reduction,
+                                                               label_smoothing=label_smoothing)
+
+
+def cmd_eval(args) -> int:
+    from cnnlab import data
+    from cnnlab.train import evaluate
+
+    model, meta = _load_for_inference(args.checkpoint)
+    dataset = _load_split(meta["dataset"], args.split, args.data_dir)
+    norm = meta["normalize"]
+    loader = data.DataLoader(dataset, args.batch_size, transform=data.Normalize(norm["mean"], norm["std"]))
+    ev = evaluate(model, loader)
+    print(f"{meta['model']} on {meta['dataset']} ({args.split}, {ev['count']} images): "
+          f"accuracy {ev['accuracy']:.4f}, loss {ev['loss']:.4f}")
+    for name, acc in zip(meta["classes"], ev["per_class_accuracy"]):
+        print(f"  {name:>12s}  {acc:.4f}")
+    return 0
+
+
+def _read_image(path, in_shape):
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise CLIError("predict needs Pillow: pip install 'cnnlab[images]'") from None
+    c, h, w = in_shape
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        raise CLIError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise CLIError(f"{path}: not a readable image ({e})") from None
+    return arr[None] if c == 1 else arr.transpose(2, 0, 1)
+
+
+def cmd_predict(args) -> int:
+    import cnnlab
+    from cnnlab import functional as F
+
+    model, meta = _load_for_inference(args.checkpoint)
+    in_shape = tuple(meta["in_shape"])
+    batch = np.stack([_read_image(p, in_shape) for p in args.images])
+    if args.invert:
+        batch = 1.0 - batch
+    mean = np.asarray(meta["normalize"]["mean"], np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(meta["normalize"]["std"], np.float32).reshape(1, -1, 1, 1)
+    with cnnlab.no_grad():
+        probs = F.softmax(model(cnnlab.Tensor((batch - mean) / std)), dim=1).data
+    k = min(args.top_k, probs.shape[1])
+    for path, p in zip(args.images, probs):
+        top = np.argsort(-p, kind="stable")[:k]
+        print(f"{path}: " + ", ".join(f"{meta['classes'][i]} {p[i]:.4f}" for i in top))
+    return 0
+
+
+def cmd_summary(args) -> int:
     import cnnlab
     from cnnlab import models
 
-    builders = {"lenet5": models.lenet5}
-    model = builders[args.model]()
-    cnnlab.summary(model, tuple(args.input_shape))
+    if os.path.exists(args.model):
+        model, meta = _load_for_inference(args.model)
+        shape = tuple(meta["in_shape"])
+    else:
+        if args.model not in models.MODELS:
+            raise CLIError(f"{args.model!r} is neither a checkpoint file nor a model; "
+                           f"models: {', '.join(models.MODELS)}")
+        shape = tuple(args.input_shape) if args.input_shape else (
+            (3, 224, 224) if args.model in ("resnet50", "resnet101", "resnet152") else
+            (3, 32, 32) if args.model.startswith("resnet") or args.model == "allconv" else (1, 28, 28))
+        model = models.create(args.model, shape, args.num_classes)
+    cnnlab.summary(model, shape)
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    from cnnlab.models import MODELS
+
+    parser = argparse.ArgumentParser(
+        prog="cnnlab", description="Convolutional neural networks on NumPy: train, evaluate, predict, inspect.",
+        epilog="Results are reproducible for a given --seed and number of BLAS threads (set OMP_NUM_THREADS).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model on a dataset (default: LeNet-5 on the embedded digits)",
+                       description="Train a zoo model; writes OUT/checkpoint.npz (every epoch) and OUT/metrics.jsonl.")
+    p.add_argument("--model", default="lenet5", help=f"architecture: {', '.join(MODELS)} (default lenet5)")
+    p.add_argument("--dataset", default="digits", choices=DATASETS,
+                   help="digits is scikit-learn's embedded 8x8 digits, needing no files (default digits)")
+    p.add_argument("--data-dir", help="folder with the original dataset files (else $CNNLAB_DATA, then the "
+                                      "cache folder; missing files are downloaded)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 80 for digits, 15 otherwise)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 32 for digits, 128 otherwise)")
+    p.add_argument("--optimizer", default="adamw", choices=("sgd", "adam", "adamw"), help="default adamw")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (peak rate for onecycle; default 2e-3)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    p.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="learning-rate schedule (default cosine)")
+    p.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs before the schedule")
+    p.add_argument("--augment", default="auto", choices=AUGMENTATIONS,
+                   help="translate: random shifts of up to 1/14 of the width; crop-flip: random crop with padding 4 "
+                        "and horizontal flip; auto (default): crop-flip for colour images, translate otherwise")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling, augmentation, dropout")
+    p.add_argument("--out", help="output folder (default runs/DATASET-MODEL)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split",
+                       description="Loss, accuracy and per-class accuracy of a checkpoint.")
+    p.add_argument("checkpoint", help="a checkpoint.npz written by cnnlab train")
+    p.add_argument("--data-dir", help="folder with the dataset files")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="default test")
+    p.add_argument("--batch-size", type=int, default=500, help="default 500")
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify image files with a checkpoint",
+                       description="Top-k classes of PNG/JPEG images; any size or mode is converted to what the "
+                                   "model takes (grayscale or RGB, resized to its input size).")
+    p.add_argument("checkpoint", help="a checkpoint.npz written by cnnlab train")
+    p.add_argument("images", nargs="+", help="one or more image files")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--invert", action="store_true",
+                   help="invert intensities (dark digits on white paper -> MNIST's white on black)")
+    p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("summary", help="layers, shapes, parameters, mult-adds and receptive fields",
+                       description="Summary of a zoo model or of a checkpoint's model.")
+    p.add_argument("model", help=f"a checkpoint file or a model name ({', '.join(MODELS)})")
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="input shape (default: 1 28 28, or 3 32 32 for CIFAR models, 3 224 224 for ResNet-50+)")
+    p.add_argument("--num-classes", type=int, default=10, help="default 10")
+    p.set_defaults(run=cmd_summary)
+    return parser
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="cnnlab", description="Convolutional neural networks on NumPy.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a model (for now: LeNet-5 on one fixed random batch)")
-    p.add_argument("--steps", type=int, default=200, help="optimisation steps (default 200)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.set_defaults(run=_cmd_train)
-    p = sub.add_parser("summary", help="print a model's layers, shapes, parameters and receptive fields")
-    p.add_argument("model", choices=["lenet5"], help="architecture")
-    p.add_argument("--input-shape", type=int, nargs=3, default=[1, 28, 28], metavar=("C", "H", "W"),
-                   help="input shape (default 1 28 28)")
-    p.set_defaults(run=_cmd_summary)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CLIError as e:
+        print(f"cnnlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

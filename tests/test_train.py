@@ -156,7 +156,7 @@ def test_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="not a cnnlab checkpoint"):
         load_checkpoint(str(other))
     path = str(tmp_path / "lenet.npz")
-    save_checkpoint(path, cnnlab.models.lenet5(), epoch=0)
+    save_checkpoint(path, cnnlab.models.lenet5(), meta={"epoch": 0})
     with pytest.raises(CheckpointError, match="does not fit this model"):
         fit(small_cnn(), data.DataLoader(toy_dataset(), batch_size=16), optim.SGD(small_cnn().parameters(), lr=0.1),
             1, checkpoint_path=path, resume=True, progress=False, log=None)

@@ -67,10 +67,10 @@ def _join_state(doc, arrays):
     return doc
 
 
-def save_checkpoint(path: str, model, optimizer=None, scheduler=None, **meta) -> None:
-    """Save the model (and optionally optimizer and scheduler state) plus JSON-able ``meta``."""
+def save_checkpoint(path: str, model, optimizer=None, scheduler=None, meta: dict = None) -> None:
+    """Save the model (and optionally optimizer and scheduler state) plus a JSON-able ``meta`` dict."""
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-    doc = {"format": FORMAT, "version": VERSION, "meta": _split_state(meta, "meta", arrays)}
+    doc = {"format": FORMAT, "version": VERSION, "meta": _split_state(meta or {}, "meta", arrays)}
     if optimizer is not None:
         doc["optimizer"] = _split_state(optimizer.state_dict(), "optimizer", arrays)
     if scheduler is not None:

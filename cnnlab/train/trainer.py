@@ -123,7 +123,7 @@ def fit(model, train_loader, optimizer, epochs: int, *, test_loader=None, schedu
     def save(epoch, batch, **extra):
         if checkpoint_path:
             save_checkpoint(checkpoint_path, model, optimizer, scheduler,
-                            **meta, epoch=epoch, batch=batch, rng_state=get_rng_state(), **extra)
+                            dict(meta, epoch=epoch, batch=batch, rng_state=get_rng_state(), **extra))
 
     with _InterruptFlag() as interrupt:
         for epoch in range(start_epoch, epochs):
