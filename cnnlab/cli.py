@@ -104,8 +104,8 @@ def cmd_train(args) -> int:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    train_set = _load_split(args.dataset, "train", args.data_dir)
-    test_set = _load_split(args.dataset, "test", args.data_dir)
+    train_set = _load_split(args.dataset, "train", args.data_dir, not args.no_download)
+    test_set = _load_split(args.dataset, "test", args.data_dir, not args.no_download)
     in_shape = tuple(train_set.images.shape[1:])
     num_classes = len(train_set.classes)
     mean, std = train_set.mean_std()
@@ -161,7 +161,7 @@ def cmd_eval(args) -> int:
     from cnnlab.train import evaluate
 
     model, meta = _load_for_inference(args.checkpoint)
-    dataset = _load_split(meta["dataset"], args.split, args.data_dir)
+    dataset = _load_split(meta["dataset"], args.split, args.data_dir, not args.no_download)
     norm = meta["normalize"]
     loader = data.DataLoader(dataset, args.batch_size, transform=data.Normalize(norm["mean"], norm["std"]))
     ev = evaluate(model, loader)
@@ -243,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="digits is scikit-learn's embedded 8x8 digits, needing no files (default digits)")
     p.add_argument("--data-dir", help="folder with the original dataset files (else $CNNLAB_DATA, then the "
                                       "cache folder; missing files are downloaded)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 80 for digits, 15 otherwise)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default 32 for digits, 128 otherwise)")
     p.add_argument("--optimizer", default="adamw", choices=("sgd", "adam", "adamw"), help="default adamw")
@@ -266,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Loss, accuracy and per-class accuracy of a checkpoint.")
     p.add_argument("checkpoint", help="a checkpoint.npz written by cnnlab train")
     p.add_argument("--data-dir", help="folder with the dataset files")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     p.add_argument("--split", default="test", choices=("train", "test"), help="default test")
     p.add_argument("--batch-size", type=int, default=500, help="default 500")
     p.set_defaults(run=cmd_eval)

@@ -1,0 +1,98 @@
+"""The cnnlab command, end to end on the embedded digits and on a few image files."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.cli import build_parser, main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--epochs", "3", "--out", str(out), "--no-progress", "--seed", "1"]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_and_metrics_and_learns(trained, capsys):
+    lines = (trained / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert (trained / "checkpoint.npz").exists()
+    assert main(["eval", str(trained / "checkpoint.npz")]) == 0
+    out = capsys.readouterr().out
+    acc = float(out.split("accuracy ")[1].split(",")[0])
+    assert acc > 0.8  # three epochs on the digits already classify most of them
+    assert out.count("\n") >= 11  # one line per class
+
+
+def test_train_resume_continues_to_more_epochs(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert main(["train", "--epochs", "1", "--out", out, "--no-progress"]) == 0
+    assert main(["train", "--epochs", "2", "--out", out, "--no-progress", "--resume"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def write_image(path, size, mode, value=255):
+    arr = np.zeros(size[::-1] + ((3,) if mode == "RGB" else ()), np.uint8)
+    arr[size[1] // 4: 3 * size[1] // 4, size[0] // 2 - 1: size[0] // 2 + 1] = value  # a vertical stroke: a "1"
+    Image.fromarray(arr, mode=mode).save(path)
+
+
+def test_predict_several_images_any_size_or_mode(trained, tmp_path, capsys):
+    files = [tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.png"]
+    write_image(files[0], (8, 8), "L")
+    write_image(files[1], (40, 30), "RGB")
+    write_image(files[2], (100, 100), "L")
+    assert main(["predict", str(trained / "checkpoint.npz"), *map(str, files), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for f, line in zip(files, lines):
+        assert line.startswith(str(f))
+        probs = [float(tok) for tok in line.split(": ", 1)[1].replace(",", "").split()[1::2]]
+        assert len(probs) == 2 and probs[0] >= probs[1] and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_summary_of_model_and_checkpoint(trained, capsys):
+    assert main(["summary", "lenet5"]) == 0
+    assert "Total params: 61,706" in capsys.readouterr().out
+    assert main(["summary", "resnet20"]) == 0
+    assert "Total params: 269,722" in capsys.readouterr().out
+    assert main(["summary", str(trained / "checkpoint.npz")]) == 0
+    assert "Input shape: 1x8x8" in capsys.readouterr().out
+
+
+def test_bad_input_gives_clear_errors(trained, tmp_path, capsys):
+    ckpt = str(trained / "checkpoint.npz")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    assert main(["predict", ckpt, str(text)]) == 2
+    assert f"{text}: not a readable image" in capsys.readouterr().err
+    assert main(["predict", ckpt, str(tmp_path / "missing.png")]) == 2
+    assert "missing.png: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # predict needs at least one image
+        main(["predict", ckpt])
+    assert e.value.code == 2
+    assert "the following arguments are required: images" in capsys.readouterr().err
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"junk")
+    assert main(["eval", str(junk)]) == 2
+    assert "not a cnnlab checkpoint" in capsys.readouterr().err
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--no-download", "--epochs", "1"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["train", "--model", "alexnet", "--epochs", "1"]) == 2
+    assert "unknown model 'alexnet'" in capsys.readouterr().err
+    assert main(["summary", "nonsense"]) == 2
+    assert "neither a checkpoint file nor a model" in capsys.readouterr().err
+
+
+def test_help_describes_every_option():
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices
+    assert set(sub) == {"train", "eval", "predict", "summary"}
+    for name, p in sub.items():
+        text = p.format_help()
+        for action in p._actions:
+            for opt in action.option_strings:
+                assert opt in text
+            if action.dest != "help":
+                assert action.help, f"{name} {action.dest} has no help"
