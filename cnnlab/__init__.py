@@ -1,5 +1,5 @@
 """cnnlab: convolutional neural networks from first principles on NumPy."""
-from .tensor import Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad, ones, tensor, zeros
+from .autograd import Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad, ones, tensor, zeros
 from .ops import cat, stack
 from . import functional
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck

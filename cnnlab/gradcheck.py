@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .tensor import Tensor
+from .autograd import Tensor
 
 
 class GradcheckError(AssertionError):

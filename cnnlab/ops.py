@@ -1,13 +1,13 @@
 """Primitive differentiable ops: arithmetic, reductions and shape ops.
 
-Each op is a :class:`~cnnlab.tensor.Function` with forward and backward side by side.
+Each op is a :class:`~cnnlab.autograd.Function` with forward and backward side by side.
 CNN ops (convolution, pooling, normalisation, losses) live in :mod:`cnnlab.functional`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .tensor import Function, Tensor, unbroadcast
+from .autograd import Function, Tensor, unbroadcast
 
 
 # ----- elementwise arithmetic -----

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import nn
-from .tensor import Tensor, no_grad
+from .autograd import Tensor, no_grad
 
 _WINDOWED = (nn.Conv2d, nn.LocallyConnected2d, nn.MaxPool2d, nn.AvgPool2d)
 _GLOBAL = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.GlobalAvgPool2d, nn.GlobalMaxPool2d,

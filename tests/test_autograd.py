@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 import cnnlab
 from cnnlab import GradcheckError, Tensor
-from cnnlab.tensor import Function
+from cnnlab.autograd import Function
 
 
 def randn(seed, *shape):

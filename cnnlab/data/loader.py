@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from ..tensor import Tensor
+from ..autograd import Tensor
 
 # np.random.default_rng((seed, epoch)) would equal default_rng((seed, epoch, 0)), the
 # augmentation stream of batch 0 (SeedSequence pads short entropy with zeros); a spawn

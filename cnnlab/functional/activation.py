@@ -7,7 +7,7 @@ import numpy as np
 
 from .._errors import InputError
 from .. import ops
-from ..tensor import Function, as_tensor
+from ..autograd import Function, as_tensor
 
 
 def relu(input):

@@ -29,7 +29,7 @@ import numpy as np
 from .._errors import InputError, check_float, check_rank, pair
 from ..kernels import add_windows, out_size, pad2d, pad2d_backward, windows
 from ..kernels.padding import MODES as PADDING_MODES
-from ..tensor import Function, as_tensor as _as_tensor, unbroadcast
+from ..autograd import Function, as_tensor as _as_tensor, unbroadcast
 
 
 # ----- argument handling, shared with the layers and with summary/conv_matrix -----

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import InputError
-from ..tensor import Function, as_tensor
+from ..autograd import Function, as_tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
 

@@ -7,7 +7,7 @@ from .._errors import InputError, check_rank
 from ..kernels import pad2d, pad2d_backward
 from ..kernels.padding import MODES as PADDING_MODES
 from ..random import generator
-from ..tensor import Function, as_tensor
+from ..autograd import Function, as_tensor
 
 
 def linear(input, weight, bias=None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import InputError
-from ..tensor import Function, Tensor, as_tensor
+from ..autograd import Function, Tensor, as_tensor
 
 
 class BatchNormFunction(Function):

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._errors import InputError, check_float, check_rank, pair
 from ..kernels import add_windows, pad2d, pad2d_backward, windows
-from ..tensor import Function, Tensor, as_tensor
+from ..autograd import Function, Tensor, as_tensor
 
 
 def pool_output_size(n: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:

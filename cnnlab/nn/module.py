@@ -13,7 +13,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .._errors import InputError
-from ..tensor import Tensor
+from ..autograd import Tensor
 
 _call_observers = []
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from .._errors import InputError
 from .. import functional as F
-from ..tensor import Tensor
+from ..autograd import Tensor
 from .conv import _positive_int
 from .module import Module, Parameter
 

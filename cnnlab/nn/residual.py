@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import cat
-from ..tensor import Tensor
+from ..autograd import Tensor
 from .conv import Conv2d
 from .layers import Identity, ReLU
 from .module import Module, Sequential

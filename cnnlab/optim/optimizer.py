@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from ..tensor import Tensor, enable_grad
+from ..autograd import Tensor, enable_grad
 
 
 class Optimizer:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import functional as F
 from ..random import get_rng_state, set_rng_state
-from ..tensor import Tensor, no_grad
+from ..autograd import Tensor, no_grad
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 

@@ -406,7 +406,7 @@ def _lift(value, like: Tensor):
 
 
 def tensor(data, requires_grad=False, dtype=None) -> Tensor:
-    """``cnnlab.tensor(data)``: like ``torch.tensor``."""
+    """``cnnlab.autograd(data)``: like ``torch.tensor``."""
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 
 
