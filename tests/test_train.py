@@ -160,3 +160,51 @@ def test_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="does not fit this model"):
         fit(small_cnn(), data.DataLoader(toy_dataset(), batch_size=16), optim.SGD(small_cnn().parameters(), lr=0.1),
             1, checkpoint_path=path, resume=True, progress=False, log=None)
+
+
+def test_resume_refuses_a_differently_set_up_loader(tmp_path):
+    run(tmp_path, 1, name="x")
+    cnnlab.manual_seed(0)
+    model = small_cnn()
+    loader = data.DataLoader(toy_dataset(), batch_size=8, shuffle=True, seed=0)
+    with pytest.raises(ValueError, match=r"cannot resume .*batch_size 16 -> 8"):
+        fit(model, loader, optim.SGD(model.parameters(), lr=0.1), 2,
+            checkpoint_path=str(tmp_path / "x" / "ckpt.npz"), resume=True)
+
+
+def test_empty_loader_is_an_error():
+    tiny = data.ArrayDataset(np.zeros((3, 1, 8, 8), np.uint8), np.zeros(3, np.int64))
+    model = small_cnn()
+    with pytest.raises(ValueError, match=r"train_loader yields no batches \(3 images, batch_size 16, drop_last=True\)"):
+        fit(model, data.DataLoader(tiny, batch_size=16, drop_last=True), optim.SGD(model.parameters(), lr=0.1), 1)
+
+
+def test_float64_model_trains_from_the_float32_loader_and_modes_are_restored():
+    cnnlab.manual_seed(0)
+    model = small_cnn().double()
+    model[3].eval()  # a dropout switched off by hand stays off after evaluate
+    loader = data.DataLoader(toy_dataset(), batch_size=16)
+    fit(model, loader, optim.SGD(model.parameters(), lr=0.1), 1)
+    assert model[0].weight.dtype == np.float64
+    model.train()
+    model[3].eval()
+    evaluate(model, loader)
+    assert model.training and not model[3].training
+
+
+def test_infinite_weights_are_not_saved(tmp_path):
+    cnnlab.manual_seed(0)
+    model = small_cnn()
+    loader = data.DataLoader(toy_dataset(), batch_size=16)
+    path = str(tmp_path / "c.npz")
+    calls = {"n": 0}
+
+    def loss_fn(logits, y):  # finite loss, infinite gradient on the last batch
+        calls["n"] += 1
+        loss = cnnlab.functional.cross_entropy(logits, y)
+        if calls["n"] < len(loader):
+            return loss
+        return loss + ((logits - logits.detach()) ** 0.5).sum()  # adds 0, but d/dx sqrt(x) at 0 is inf
+    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged):
+        fit(model, loader, optim.SGD(model.parameters(), lr=1.0), 1, loss_fn=loss_fn, checkpoint_path=path)
+    assert not (tmp_path / "c.npz").exists()

@@ -22,11 +22,11 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .._io import atomic_file
 from .dataset import DatasetError, DownloadError
 from .formats import file_digest
 
@@ -140,9 +140,8 @@ def fetch(urls, dest: Path, accepted, progress=None) -> Path:
 
 
 def _download_one(url: str, dest: Path, accepted, progress) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic_file(dest) as out:  # an error inside leaves no file behind
             with _open(url) as response:
                 total = response.headers.get("Content-Length")
                 total = int(total) if total and total.isdigit() else None
@@ -153,19 +152,12 @@ def _download_one(url: str, dest: Path, accepted, progress) -> None:
                 raise DownloadError(f"{url}: SHA256 mismatch for {dest.name}: expected "
                                     f"{' or '.join(accepted)}, received {digest} ({received} bytes); "
                                     "nothing was saved")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
     except urllib.error.HTTPError as exc:
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise DownloadError(f"{url}: {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise DownloadError(f"{url}: {type(exc).__name__}: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _open(url: str):
@@ -204,17 +196,3 @@ def _progress_bar(progress, total, label):
                           "pip install 'cnnlab[progress]', or pass progress=False") from None
     return tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
                 disable=None if progress is None else False)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename itself durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from .._io import atomic_write_bytes
 
 FORMAT = "cnnlab-checkpoint"
 VERSION = 1
@@ -24,23 +25,6 @@ VERSION = 1
 
 class CheckpointError(ValueError):
     """A file that is not a readable cnnlab checkpoint, or one that does not fit the model."""
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _split_state(state: dict, prefix: str, arrays: dict):
@@ -102,9 +86,9 @@ def load_checkpoint(path: str) -> Checkpoint:
                               f"cnnlab; reading it failed: {e})") from None
     try:
         doc = json.loads(arrays.pop("__doc__").tobytes().decode())
-        if doc.get("format") != FORMAT:
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise KeyError("format")
-    except (KeyError, ValueError, UnicodeDecodeError):
+    except (KeyError, ValueError, UnicodeDecodeError, AttributeError):
         raise CheckpointError(f"checkpoint {path}: not a cnnlab checkpoint (an .npz file without cnnlab's "
                               f"'{FORMAT}' header)") from None
     if doc.get("version", 0) > VERSION:

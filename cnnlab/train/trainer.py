@@ -8,8 +8,8 @@ What ``fit`` guarantees:
 - ``resume=True`` continues from that checkpoint to the same final weights an
   uninterrupted run reaches (batch order and augmentation depend only on the seed, the
   epoch and the batch index; dropout's generator state is restored);
-- a NaN or infinite loss stops training with :class:`TrainingDiverged`, leaving the last
-  good checkpoint in place;
+- a NaN or infinite loss (or weights) stops training with :class:`TrainingDiverged`,
+  leaving the last good checkpoint in place;
 - Ctrl-C finishes the current batch, saves the state reached (mid-epoch included) and
   raises :class:`TrainingInterrupted`; resuming continues from the very next batch.
 """
@@ -27,8 +27,8 @@ import numpy as np
 
 from .. import functional as F
 from ..random import get_rng_state, set_rng_state
-from ..autograd import Tensor, no_grad
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..autograd import no_grad
+from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,24 +49,42 @@ class History:
         return self.epochs[-1] if self.epochs else {}
 
 
-def evaluate(model, loader, loss_fn=F.cross_entropy, num_classes: int = None) -> dict:
-    """Loss, accuracy, per-class accuracy and confusion matrix (rows: true class) of
-    ``model`` on every batch of ``loader``, in evaluation mode and without the tape."""
-    was_training = model.training
+def _model_modes(model):
+    return [(m, m.training) for m in model.modules()]
+
+
+def _restore_modes(modes):
+    for m, training in modes:
+        m.training = training
+
+
+def _param_dtype(model):
+    for p in model.parameters():
+        return p.dtype
+    return np.dtype(np.float32)
+
+
+def evaluate(model, loader, num_classes: int = None) -> dict:
+    """Cross-entropy loss, accuracy, per-class accuracy and confusion matrix (rows: true
+    class) of ``model`` on every batch of ``loader``, in evaluation mode, without the tape.
+    Every layer's train/eval mode is restored afterwards. Batches are cast to the model's
+    dtype, so float64 models evaluate from the same float32 loader."""
+    modes = _model_modes(model)
     model.eval()
+    dtype = _param_dtype(model)
     total_loss, count, confusion = 0.0, 0, None
     try:
         with no_grad():
             for x, y in loader:
-                logits = model(x)
-                total_loss += float(loss_fn(logits, y, reduction="sum").item())
+                logits = model(x if x.dtype == dtype else x.astype(dtype))
+                total_loss += float(F.cross_entropy(logits, y, reduction="sum").item())
                 k = num_classes or logits.shape[1]
                 if confusion is None:
                     confusion = np.zeros((k, k), np.int64)
                 np.add.at(confusion, (y.data, logits.data.argmax(axis=1)), 1)
                 count += len(y.data)
     finally:
-        model.train(was_training)
+        _restore_modes(modes)
     if not count:
         raise ValueError("evaluate: the loader yielded no batches")
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
@@ -75,7 +93,7 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, num_classes: int = None) ->
 
 
 def _progress(total, desc, enabled):
-    """A tqdm bar if tqdm is installed and wanted, else None (plain lines are printed)."""
+    """A tqdm bar if tqdm is installed and wanted, else None."""
     if not enabled:
         return None
     try:
@@ -85,10 +103,20 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
 
 
+def _loader_settings(loader) -> dict:
+    """What fixes the sequence of batches: a resumed run must use the same."""
+    return {"images": len(loader.dataset), "batch_size": loader.batch_size, "shuffle": bool(loader.shuffle),
+            "drop_last": bool(loader.drop_last), "seed": loader.seed}
+
+
+def _all_finite(model) -> bool:
+    return all(np.isfinite(p.data).all() for p in model.parameters())
+
+
 def fit(model, train_loader, optimizer, epochs: int, *, test_loader=None, scheduler=None,
         scheduler_interval: str = "epoch", loss_fn=F.cross_entropy, checkpoint_path: str = None,
-        metrics_path: str = None, resume: bool = False, progress: bool = True, meta: dict = None,
-        log=print) -> History:
+        metrics_path: str = None, resume: bool = False, progress: bool = False, meta: dict = None,
+        log=None) -> History:
     """Train ``model`` for ``epochs`` epochs.
 
     Args:
@@ -97,28 +125,36 @@ def fit(model, train_loader, optimizer, epochs: int, *, test_loader=None, schedu
             function of its seed, the epoch and the batch index, which makes resuming exact).
         optimizer: a :mod:`cnnlab.optim` optimizer over the model's parameters.
         epochs: the total number of epochs (a resumed run continues up to it).
-        test_loader: evaluated after every epoch, if given.
+        test_loader: evaluated after every epoch (plain cross-entropy and accuracy), if given.
         scheduler: a learning-rate scheduler, stepped every epoch or, with
             ``scheduler_interval='batch'``, every batch (e.g. OneCycleLR).
-        loss_fn: ``loss_fn(logits, targets)``; default cross-entropy.
+        loss_fn: the training loss, ``loss_fn(logits, targets)``; default cross-entropy.
         checkpoint_path: where to keep the checkpoint (written every epoch).
         metrics_path: JSON-lines file; one line per epoch is appended.
-        resume: continue from ``checkpoint_path``.
-        progress: show a progress bar (tqdm) with images per second.
+        resume: continue from ``checkpoint_path``; the loader must be set up as before
+            (same images, batch size, shuffling, seed), else ValueError names what differs.
+        progress: show a tqdm progress bar with images per second.
         meta: JSON-able facts to store in the checkpoint (e.g. how to rebuild the model).
-        log: where one summary line per epoch goes (``None`` for silence).
+        log: called with one summary line per epoch (e.g. ``print``); silent by default.
     """
     if scheduler_interval not in ("epoch", "batch"):
         raise ValueError(f"fit: scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}")
+    if len(train_loader) == 0:
+        raise ValueError(f"fit: train_loader yields no batches ({len(train_loader.dataset)} images, "
+                         f"batch_size {train_loader.batch_size}, drop_last={train_loader.drop_last})")
     log = log or (lambda *a, **k: None)
     history = History()
-    start_epoch, start_batch = 0, 0
+    settings = _loader_settings(train_loader)
+    start_epoch, start_batch, partial = 0, 0, {}
     if resume:
         if not checkpoint_path:
             raise ValueError("fit: resume=True needs checkpoint_path")
-        start_epoch, start_batch = _restore(checkpoint_path, model, optimizer, scheduler)
+        start_epoch, start_batch, partial = _restore(checkpoint_path, model, optimizer, scheduler, settings)
         log(f"resuming from {checkpoint_path} at epoch {start_epoch + 1}, batch {start_batch}")
-    meta = dict(meta or {})
+        if metrics_path:
+            _drop_metrics_after(metrics_path, start_epoch)
+    meta = dict(meta or {}, loader=settings)
+    dtype = _param_dtype(model)
 
     def save(epoch, batch, **extra):
         if checkpoint_path:
@@ -128,18 +164,20 @@ def fit(model, train_loader, optimizer, epochs: int, *, test_loader=None, schedu
     with _InterruptFlag() as interrupt:
         for epoch in range(start_epoch, epochs):
             model.train()
+            lr = float(optimizer.param_groups[0]["lr"])  # the rate this epoch starts with
             bar = _progress(len(train_loader) - start_batch, f"epoch {epoch + 1}/{epochs}", progress)
-            t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+            # running sums; a resumed epoch starts from those saved when it was interrupted
+            seen, loss_sum, correct = partial.get("seen", 0), partial.get("loss_sum", 0.0), partial.get("correct", 0)
+            seconds_before, partial = partial.get("seconds", 0.0), {}
+            t0 = time.perf_counter()
             try:
                 for batch, (x, y) in enumerate(train_loader.iter_epoch(epoch, start_batch), start=start_batch):
-                    logits = model(x)
+                    logits = model(x if x.dtype == dtype else x.astype(dtype))
                     loss = loss_fn(logits, y)
                     value = float(loss.item())
                     if not math.isfinite(value):
-                        kept = (f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path
-                                else "no checkpoint was being written")
-                        raise TrainingDiverged(f"training stopped: the loss became {value} at epoch {epoch + 1}, "
-                                               f"batch {batch + 1}; {kept}. Try a lower learning rate.")
+                        raise TrainingDiverged(_diverged_message(f"the loss became {value}", epoch, batch,
+                                                                 checkpoint_path))
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -154,25 +192,32 @@ def fit(model, train_loader, optimizer, epochs: int, *, test_loader=None, schedu
                         bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
                                         img_s=f"{seen / (time.perf_counter() - t0):.0f}")
                     if interrupt.requested:
-                        save(epoch, batch + 1, interrupted=True)
+                        if not _all_finite(model):
+                            raise TrainingDiverged(_diverged_message("the weights are no longer finite", epoch,
+                                                                     batch, checkpoint_path))
+                        save(epoch, batch + 1, interrupted=True, running={
+                            "seen": seen, "loss_sum": loss_sum, "correct": correct,
+                            "seconds": seconds_before + time.perf_counter() - t0})
                         raise TrainingInterrupted(_interrupted_message(epoch, batch + 1, checkpoint_path))
             finally:
                 if bar is not None:
                     bar.close()
             if scheduler is not None and scheduler_interval == "epoch":
                 scheduler.step()
-            seconds = time.perf_counter() - t0
-            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                      "train_accuracy": correct / max(seen, 1), "lr": float(optimizer.param_groups[0]["lr"]),
-                      "seconds": round(seconds, 3), "images_per_second": round(seen / seconds, 1) if seconds else None}
+            if not _all_finite(model):  # a finite loss can still come with an infinite gradient
+                raise TrainingDiverged(_diverged_message("the weights are no longer finite", epoch,
+                                                         len(train_loader) - 1, checkpoint_path))
+            seconds = seconds_before + time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                      "lr": lr, "seconds": round(seconds, 3), "images_per_second": round(seen / seconds, 1)}
             if test_loader is not None:
-                ev = evaluate(model, test_loader, loss_fn)
+                ev = evaluate(model, test_loader)
                 record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"],
                               test_per_class_accuracy=ev["per_class_accuracy"])
             history.epochs.append(record)
+            save(epoch + 1, 0)  # the checkpoint first: a crash before the metrics line is then harmless
             if metrics_path:
                 _append_jsonl(metrics_path, record)
-            save(epoch + 1, 0)
             start_batch = 0
             line = (f"epoch {epoch + 1}/{epochs}  loss {record['train_loss']:.4f}  "
                     f"train acc {record['train_accuracy']:.4f}")
@@ -182,6 +227,12 @@ def fit(model, train_loader, optimizer, epochs: int, *, test_loader=None, schedu
             if interrupt.requested:
                 raise TrainingInterrupted(_interrupted_message(epoch + 1, 0, checkpoint_path))
     return history
+
+
+def _diverged_message(what, epoch, batch, checkpoint_path):
+    kept = (f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path
+            else "no checkpoint was being written")
+    return f"training stopped: {what} at epoch {epoch + 1}, batch {batch + 1}; {kept}. Try a lower learning rate."
 
 
 class _InterruptFlag:
@@ -219,18 +270,37 @@ def _append_jsonl(path, record):
         f.write(json.dumps(record) + "\n")
 
 
-def _restore(path, model, optimizer, scheduler):
+def _drop_metrics_after(path, epoch):
+    """Keep only the metrics of epochs up to ``epoch`` (those the checkpoint includes), so a
+    resumed run never repeats a line; a half-written last line is dropped too."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["epoch"] <= epoch:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+    atomic_write_bytes(path, "".join(kept).encode())
+
+
+def _restore(path, model, optimizer, scheduler, settings):
     ckpt = load_checkpoint(path)
+    saved = ckpt.meta.get("loader")
+    if saved is not None and saved != settings:
+        changed = ", ".join(f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in settings if saved.get(k) != settings[k])
+        raise ValueError(f"fit: cannot resume {path} with a differently set up train_loader ({changed}); "
+                         f"the batches would not continue where they stopped")
     try:
         model.load_state_dict(ckpt.model_state)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from None
     if ckpt.optimizer_state is not None:
-        state = dict(ckpt.optimizer_state)
-        state["state"] = {int(k): v for k, v in state.get("state", {}).items()}  # JSON made the keys strings
-        optimizer.load_state_dict(state)
+        optimizer.load_state_dict(ckpt.optimizer_state)
     if scheduler is not None and ckpt.scheduler_state is not None:
         scheduler.load_state_dict(ckpt.scheduler_state)
     if "rng_state" in ckpt.meta:
         set_rng_state(ckpt.meta["rng_state"])
-    return int(ckpt.meta.get("epoch", 0)), int(ckpt.meta.get("batch", 0))
+    return int(ckpt.meta.get("epoch", 0)), int(ckpt.meta.get("batch", 0)), ckpt.meta.get("running") or {}
