@@ -23,6 +23,31 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+def _number(kind, low, low_ok=True, high=None):
+    """An argparse type: ``kind`` (int or float) in [low, high] (or (low, high] without low_ok)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if value < low or (value == low and not low_ok) or (high is not None and value > high):
+            bound = f"{'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+    return parse
+
+
+positive_int, natural = _number(int, 1), _number(int, 0)
+positive_float, non_negative = _number(float, 0, low_ok=False), _number(float, 0)
+
+# settings that may change when a run is resumed: they do not change what is computed
+_RESUMABLE = {"resume", "no_progress", "no_download", "data_dir", "out", "epochs"}
+_META_KEYS = {"eval": ("model", "in_shape", "num_classes", "dataset", "classes", "normalize"),
+              "predict": ("model", "in_shape", "num_classes", "classes", "normalize"),
+              "summary": ("model", "in_shape", "num_classes")}
+
+
 # ----- building blocks shared by the commands -----
 def _augmentation(kind, in_shape, data):
     if kind == "auto":  # small shifts for digits and clothes; crops and mirror images for photos
@@ -47,12 +72,14 @@ def _model_from_meta(meta):
     return models.create(meta["model"], meta["in_shape"], meta["num_classes"], **meta.get("model_kwargs", {}))
 
 
-def _load_for_inference(path):
+def _load_for_inference(path, command):
     from cnnlab.train import CheckpointError, load_checkpoint
     try:
         ckpt = load_checkpoint(path)
-        if "model" not in ckpt.meta:
-            raise CheckpointError(f"checkpoint {path}: it does not say which model it holds (no 'model' entry)")
+        missing = [k for k in _META_KEYS[command] if k not in ckpt.meta]
+        if missing:
+            raise CheckpointError(f"checkpoint {path}: {command} needs to know the model's {', '.join(missing)}, "
+                                  f"which this checkpoint does not record (checkpoints written by cnnlab train do)")
         model = _model_from_meta(ckpt.meta)
         model.load_state_dict(ckpt.model_state)
     except (CheckpointError, ValueError) as e:
@@ -101,9 +128,11 @@ def cmd_train(args) -> int:
     small = args.dataset == "digits"
     args.epochs = args.epochs if args.epochs is not None else (80 if small else 15)
     args.batch_size = args.batch_size if args.batch_size is not None else (32 if small else 128)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    out = args.out or os.path.join("runs", f"{args.dataset}-{args.model}")
+    ckpt, metrics = os.path.join(out, "checkpoint.npz"), os.path.join(out, "metrics.jsonl")
+    settings = {k: v for k, v in vars(args).items() if k not in _RESUMABLE and k != "run"}
+    if args.resume:
+        _check_resume(ckpt, settings, args)
     train_set = _load_split(args.dataset, "train", args.data_dir, not args.no_download)
     test_set = _load_split(args.dataset, "test", args.data_dir, not args.no_download)
     in_shape = tuple(train_set.images.shape[1:])
@@ -111,27 +140,30 @@ def cmd_train(args) -> int:
     mean, std = train_set.mean_std()
     normalize = data.Normalize(mean, std)
     train_tf = data.Compose(_augmentation(args.augment, in_shape, data) + [normalize])
-    train_loader = data.DataLoader(train_set, args.batch_size, shuffle=True, transform=train_tf, seed=args.seed)
+    # drop_last: a last batch of one image would break batch norm on small feature maps
+    train_loader = data.DataLoader(train_set, args.batch_size, shuffle=True, drop_last=len(train_set) > args.batch_size,
+                                   transform=train_tf, seed=args.seed)
     test_loader = data.DataLoader(test_set, 500, transform=normalize)
 
     cnnlab.manual_seed(args.seed)
-    model = models.create(args.model, in_shape, num_classes)
-    optimizer = _optimizer(args, model)
-    scheduler, interval = _scheduler(args, optimizer, len(train_loader))
-    out = args.out or os.path.join("runs", f"{args.dataset}-{args.model}")
-    ckpt, metrics = os.path.join(out, "checkpoint.npz"), os.path.join(out, "metrics.jsonl")
+    try:
+        model = models.create(args.model, in_shape, num_classes)
+        optimizer = _optimizer(args, model)
+        scheduler, interval = _scheduler(args, optimizer, len(train_loader))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if not args.resume and os.path.exists(metrics):
         os.remove(metrics)  # a fresh run starts a fresh metrics file
     meta = {"model": args.model, "model_kwargs": {}, "in_shape": list(in_shape), "num_classes": num_classes,
             "dataset": args.dataset, "classes": list(train_set.classes),
             "normalize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-            "args": {k: v for k, v in vars(args).items() if k != "run"}}
+            "settings": settings, "epochs": args.epochs}
     print(f"training {args.model} ({model.num_parameters():,} parameters) on {args.dataset}: "
           f"{len(train_set)} training and {len(test_set)} test images, {args.epochs} epochs; output in {out}")
     try:
         history = fit(model, train_loader, optimizer, args.epochs, test_loader=test_loader, scheduler=scheduler,
                       scheduler_interval=interval, loss_fn=_loss(args.label_smoothing), checkpoint_path=ckpt,
-                      metrics_path=metrics, resume=args.resume, progress=not args.no_progress, meta=meta)
+                      metrics_path=metrics, resume=args.resume, progress=not args.no_progress, meta=meta, log=print)
     except TrainingDiverged as e:
         print(f"cnnlab train: {e}", file=sys.stderr)
         return 1
@@ -148,19 +180,37 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _check_resume(ckpt, settings, args):
+    """A resumed run must compute what the interrupted one would have: same model, data,
+    optimisation and seed. Only the number of epochs may grow, and only where the
+    learning-rate schedule does not depend on it."""
+    from cnnlab.train import CheckpointError, load_checkpoint
+    try:
+        meta = load_checkpoint(ckpt).meta
+    except CheckpointError as e:
+        raise CLIError(f"cannot resume: {e}") from None
+    saved = meta.get("settings", {})
+    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
+    if changed:
+        raise CLIError(f"cannot resume {ckpt} with different settings ({'; '.join(changed)}); "
+                       "start a new run (another --out) instead")
+    if meta.get("epochs") != args.epochs and (args.schedule != "constant" or args.warmup_epochs):
+        raise CLIError(f"cannot resume {ckpt} with --epochs {args.epochs}: its --schedule {args.schedule} was "
+                       f"planned for {meta.get('epochs')} epochs")
+
+
 def _loss(label_smoothing):
     from cnnlab import functional as F
     if not label_smoothing:
         return F.cross_entropy
-    return lambda logits, y, reduction="mean": F.cross_entropy(logits, y, reduction=reduction,
-                                                               label_smoothing=label_smoothing)
+    return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
 
 def cmd_eval(args) -> int:
     from cnnlab import data
     from cnnlab.train import evaluate
 
-    model, meta = _load_for_inference(args.checkpoint)
+    model, meta = _load_for_inference(args.checkpoint, "eval")
     dataset = _load_split(meta["dataset"], args.split, args.data_dir, not args.no_download)
     norm = meta["normalize"]
     loader = data.DataLoader(dataset, args.batch_size, transform=data.Normalize(norm["mean"], norm["std"]))
@@ -174,12 +224,21 @@ def cmd_eval(args) -> int:
 
 def _read_image(path, in_shape):
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, ImageOps, UnidentifiedImageError
     except ImportError:
         raise CLIError("predict needs Pillow: pip install 'cnnlab[images]'") from None
     c, h, w = in_shape
     try:
         with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # photos taken sideways arrive upright
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit and float images: scale, do not clip
+                arr = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+                img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8))
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                # strokes on a transparent background: put them on white, as on paper
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
     except FileNotFoundError:
@@ -193,7 +252,7 @@ def cmd_predict(args) -> int:
     import cnnlab
     from cnnlab import functional as F
 
-    model, meta = _load_for_inference(args.checkpoint)
+    model, meta = _load_for_inference(args.checkpoint, "predict")
     in_shape = tuple(meta["in_shape"])
     batch = np.stack([_read_image(p, in_shape) for p in args.images])
     if args.invert:
@@ -213,8 +272,8 @@ def cmd_summary(args) -> int:
     import cnnlab
     from cnnlab import models
 
-    if os.path.exists(args.model):
-        model, meta = _load_for_inference(args.model)
+    if os.path.isfile(args.model):
+        model, meta = _load_for_inference(args.model, "summary")
         shape = tuple(meta["in_shape"])
     else:
         if args.model not in models.MODELS:
@@ -223,7 +282,12 @@ def cmd_summary(args) -> int:
         shape = tuple(args.input_shape) if args.input_shape else (
             (3, 224, 224) if args.model in ("resnet50", "resnet101", "resnet152") else
             (3, 32, 32) if args.model.startswith("resnet") or args.model == "allconv" else (1, 28, 28))
-        model = models.create(args.model, shape, args.num_classes)
+        try:
+            model = models.create(args.model, shape, args.num_classes)
+            cnnlab.summary(model, shape)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        return 0
     cnnlab.summary(model, shape)
     return 0
 
@@ -244,20 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder with the original dataset files (else $CNNLAB_DATA, then the "
                                       "cache folder; missing files are downloaded)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 80 for digits, 15 otherwise)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 32 for digits, 128 otherwise)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 80 for digits, 15 otherwise)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default 32 for digits, 128 otherwise)")
     p.add_argument("--optimizer", default="adamw", choices=("sgd", "adam", "adamw"), help="default adamw")
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (peak rate for onecycle; default 2e-3)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="learning rate (peak rate for onecycle; default 2e-3)")
+    p.add_argument("--momentum", type=non_negative, default=0.9, help="SGD momentum (default 0.9)")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    p.add_argument("--weight-decay", type=non_negative, default=5e-4, help="weight decay (default 5e-4)")
     p.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="learning-rate schedule (default cosine)")
-    p.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs before the schedule")
+    p.add_argument("--warmup-epochs", type=natural, default=0, help="linear warm-up epochs before the schedule")
     p.add_argument("--augment", default="auto", choices=AUGMENTATIONS,
                    help="translate: random shifts of up to 1/14 of the width; crop-flip: random crop with padding 4 "
                         "and horizontal flip; auto (default): crop-flip for colour images, translate otherwise")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling, augmentation, dropout")
+    p.add_argument("--label-smoothing", type=_number(float, 0, high=1), default=0.1, help="cross-entropy label smoothing (default 0.1)")
+    p.add_argument("--seed", type=natural, default=0, help="seed for initialisation, shuffling, augmentation, dropout")
     p.add_argument("--out", help="output folder (default runs/DATASET-MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
@@ -269,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder with the dataset files")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     p.add_argument("--split", default="test", choices=("train", "test"), help="default test")
-    p.add_argument("--batch-size", type=int, default=500, help="default 500")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="default 500")
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files with a checkpoint",
@@ -277,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model takes (grayscale or RGB, resized to its input size).")
     p.add_argument("checkpoint", help="a checkpoint.npz written by cnnlab train")
     p.add_argument("images", nargs="+", help="one or more image files")
-    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--invert", action="store_true",
                    help="invert intensities (dark digits on white paper -> MNIST's white on black)")
     p.set_defaults(run=cmd_predict)
@@ -285,9 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="layers, shapes, parameters, mult-adds and receptive fields",
                        description="Summary of a zoo model or of a checkpoint's model.")
     p.add_argument("model", help=f"a checkpoint file or a model name ({', '.join(MODELS)})")
-    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
+    p.add_argument("--input-shape", type=positive_int, nargs=3, metavar=("C", "H", "W"),
                    help="input shape (default: 1 28 28, or 3 32 32 for CIFAR models, 3 224 224 for ResNet-50+)")
-    p.add_argument("--num-classes", type=int, default=10, help="default 10")
+    p.add_argument("--num-classes", type=positive_int, default=10, help="default 10")
     p.set_defaults(run=cmd_summary)
     return parser
 

@@ -44,6 +44,8 @@ def mnist_cnn(in_shape=(1, 28, 28), num_classes: int = 10) -> nn.Sequential:
     """A common MNIST CNN: conv32 - conv64 - pool - conv64 - pool - fc128 - fc classes (3x3 convs)."""
     c, h, w = in_shape
     h2, w2 = ((h - 4) // 2 - 2) // 2, ((w - 4) // 2 - 2) // 2  # two valid convs, pool, valid conv, pool
+    if min(h2, w2) < 1:
+        raise ValueError(f"mnist_cnn: needs inputs of at least 10x10 pixels, got {h}x{w}")
     return nn.Sequential(
         nn.Conv2d(c, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
@@ -60,6 +62,9 @@ def vgg_small(in_shape=(1, 28, 28), num_classes: int = 10, widths=(32, 64, 128),
     """A small VGG-style network: per stage two 3x3 conv-BN-ReLU and a 2x2 max pool, then
     global average pooling, dropout and one linear layer. Any input size of at least
     2**len(widths) pixels works."""
+    if min(in_shape[1:]) < 2 ** len(widths):
+        raise ValueError(f"vgg_small: {len(widths)} poolings need inputs of at least {2 ** len(widths)} pixels a side, "
+                         f"got {in_shape[1]}x{in_shape[2]}")
     layers, cin = [], in_shape[0]
     for cout in widths:
         layers += _conv_bn_relu(cin, cout) + _conv_bn_relu(cout, cout) + [nn.MaxPool2d(2)]
@@ -164,4 +169,6 @@ def create(name: str, in_shape, num_classes: int, **kwargs) -> nn.Module:
     """Build the zoo model ``name`` for inputs of ``in_shape`` (C, H, W)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if len(tuple(in_shape)) != 3 or min(in_shape) < 1:
+        raise ValueError(f"{name}: in_shape must be (C, H, W) of positive sizes, got {tuple(in_shape)}")
     return MODELS[name](in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)

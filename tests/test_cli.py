@@ -26,9 +26,14 @@ def test_train_writes_checkpoint_and_metrics_and_learns(trained, capsys):
 
 def test_train_resume_continues_to_more_epochs(tmp_path, capsys):
     out = str(tmp_path / "r")
-    assert main(["train", "--epochs", "1", "--out", out, "--no-progress"]) == 0
-    assert main(["train", "--epochs", "2", "--out", out, "--no-progress", "--resume"]) == 0
+    assert main(["train", "--epochs", "1", "--out", out, "--no-progress", "--schedule", "constant"]) == 0
+    assert main(["train", "--epochs", "2", "--out", out, "--no-progress", "--resume", "--schedule", "constant"]) == 0
     assert "resuming from" in capsys.readouterr().out
+    # what would change the computation cannot change on resume
+    assert main(["train", "--epochs", "3", "--out", out, "--resume", "--schedule", "constant", "--lr", "0.1"]) == 2
+    assert "--lr 0.002 -> 0.1" in capsys.readouterr().err
+    assert main(["train", "--epochs", "3", "--out", out, "--resume"]) == 2  # cosine is planned for a fixed length
+    assert "--schedule" in capsys.readouterr().err
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
@@ -83,6 +88,28 @@ def test_bad_input_gives_clear_errors(trained, tmp_path, capsys):
     assert "unknown model 'alexnet'" in capsys.readouterr().err
     assert main(["summary", "nonsense"]) == 2
     assert "neither a checkpoint file nor a model" in capsys.readouterr().err
+    assert main(["summary", "mnist_cnn", "--input-shape", "1", "8", "8"]) == 2
+    assert "mnist_cnn: needs inputs of at least 10x10 pixels, got 8x8" in capsys.readouterr().err
+    for bad in (["train", "--lr", "-1"], ["train", "--epochs", "0"], ["predict", ckpt, "x.png", "--top-k", "0"],
+                ["train", "--label-smoothing", "2"]):
+        with pytest.raises(SystemExit) as e:
+            main(bad)
+        assert e.value.code == 2
+        assert "must be" in capsys.readouterr().err
+
+
+def test_predict_reads_transparent_and_16_bit_images(trained, tmp_path, capsys):
+    # black strokes on a transparent background, and a 16-bit grayscale image
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[2:6, 3:5, 3] = 255
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "t.png")
+    from cnnlab.cli import _read_image
+    arr = _read_image(tmp_path / "t.png", (1, 8, 8))
+    assert arr[0, 0, 0] == 1.0 and arr[0, 3, 3] == 0.0  # white paper, black ink
+    deep = (np.full((8, 8), 30000, np.uint16))
+    Image.fromarray(deep).save(tmp_path / "d.png")
+    assert abs(_read_image(tmp_path / "d.png", (1, 8, 8)).mean() - 30000 / 65535) < 0.01
+    assert main(["predict", str(trained / "checkpoint.npz"), str(tmp_path / "t.png"), str(tmp_path / "d.png")]) == 0
 
 
 def test_help_describes_every_option():

@@ -54,15 +54,17 @@ def confusion_matrix(model: Module, dataset_or_loader, batch_size: int = 256, tr
         raise ValueError(f"{where}: the dataset has no labels")
     batch_size = _positive_int(batch_size, "batch_size", where)
     labels = labels.astype(np.int64)
-    batches = ((Tensor(x), Tensor(labels[lo:lo + len(x)])) for lo, x in _batches(model, images, batch_size, transform, where))
+    batches = ((Tensor(x), Tensor(labels[lo:lo + len(x)]))
+               for lo, x in _batches(model, images, batch_size, transform, where))
     with _eval_mode(model), _shape_errors(where, images.shape[1:]):
         result = evaluate(model, batches, num_classes=num_classes)
     counts = np.asarray(result["confusion"], dtype=np.int64)
     totals = counts.sum(axis=1, keepdims=True)
     rates = counts / np.maximum(totals, 1)
     classes = getattr(getattr(dataset_or_loader, "dataset", dataset_or_loader), "classes", None)
-    return Confusion(counts=counts, rates=rates, accuracy=result["accuracy"], per_class_accuracy=rates.diagonal().copy(),
-                     loss=result["loss"], classes=None if classes is None else list(classes))
+    return Confusion(counts=counts, rates=rates, accuracy=result["accuracy"],
+                     per_class_accuracy=rates.diagonal().copy(), loss=result["loss"],
+                     classes=None if classes is None else list(classes))
 
 
 def read_metrics(path) -> dict:

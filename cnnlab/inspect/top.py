@@ -216,7 +216,7 @@ def top_activations(model: Module, dataset_or_loader, layer: str, channels=None,
             best_v, best_i, best_p = (np.take_along_axis(c, order, axis=1) for c in (cand_v, cand_i, cand_p))
     positions = np.stack(np.unravel_index(best_p, spatial), axis=-1).astype(np.int64)
     boxes = np.array([[rf.box(i, j) for i, j in row] for row in positions], dtype=np.int64).reshape(len(chosen), k, 4)
-    patches = [[_as_float_array(images[n, :, t:b, l:r], where, "images").copy() for n, (t, l, b, r) in zip(row_i, row_b)]
-               for row_i, row_b in zip(best_i, boxes)]
+    patches = [[_as_float_array(images[n, :, t:b, l:r], where, "images").copy()
+                for n, (t, l, b, r) in zip(row_i, row_b)] for row_i, row_b in zip(best_i, boxes)]
     return TopActivations(layer=layer, channels=chosen, indices=best_i.astype(np.int64), values=best_v,
                           positions=positions, boxes=boxes, patches=patches, receptive_field=rf)

@@ -66,7 +66,8 @@ def layer_filters(model: Module, layer: str) -> np.ndarray:
     return _conv_layer(model, layer, "layer_filters")[1].weight.data.copy()
 
 
-def filter_grid(weights, normalize: str = "each", pad: int = 1, channels: str = "auto", ncols: int = None) -> np.ndarray:
+def filter_grid(weights, normalize: str = "each", pad: int = 1, channels: str = "auto",
+                ncols: int = None) -> np.ndarray:
     """Convolution filters (F, C, KH, KW) tiled into one image with values in [0, 1].
 
     Args:
