@@ -120,6 +120,8 @@ def summary(model, input_shape, batch_size: int = 1, dtype=np.float32, verbose: 
             k, s, d = m.kernel_size, m.stride, getattr(m, "dilation", (1, 1))
             field_out = tuple(f + (di * (ki - 1)) * j for f, ki, di, j in zip(field_in, k, d, jump_in))
             jump_out = tuple(j * si for j, si in zip(jump_in, s))
+        elif isinstance(m, nn.PadChannelsShortcut):  # subsamples: a 1x1 window with a stride
+            field_out, jump_out = field_in, tuple(j * m.stride for j in jump_in)
         else:
             field_out, jump_out = field_in, jump_in
         rf[id(out)] = (field_out, jump_out)
@@ -134,13 +136,14 @@ def summary(model, input_shape, batch_size: int = 1, dtype=np.float32, verbose: 
             output_shape=tuple(out.shape[1:]), params=own, mult_adds=_mult_adds(m, out),
             receptive_field=field_out, jump=jump_out, activation_bytes=out.data.nbytes))
 
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with no_grad(), nn.observe_calls(observe):
             model(x)
     finally:
-        model.train(was_training)
+        for m, training in modes:  # every layer back in the mode it was in
+            m.training = training
     params = list(model.parameters())
     result.total_params = sum(p.numel() for p in params)
     result.trainable_params = sum(p.numel() for p in params if p.requires_grad)

@@ -459,3 +459,39 @@ def test_conv_matrix_lecture_example_and_circulant():
         i, j = divmod(r, 5)
         shifted = np.roll(dense[j].reshape(5, 5), (i, 0), axis=(0, 1)).ravel()
         np.testing.assert_array_equal(dense[r], shifted)
+
+
+def test_modules_and_parameters_in_dicts_and_lists_are_found():
+    class Heads(nn.Module):
+        def __init__(self):
+            self.heads = {"a": nn.Linear(3, 2), "b": nn.Linear(3, 1)}
+            self.scales = [nn.Parameter(np.ones(2, np.float32))]
+
+    names = [n for n, _ in Heads().named_parameters()]
+    assert set(names) == {"scales.0", "heads.a.weight", "heads.a.bias", "heads.b.weight", "heads.b.bias"}
+
+
+def test_load_state_dict_accepts_tensors_and_torch_tensors():
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    b.load_state_dict(dict(a.named_parameters()))
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    t = torch.nn.Linear(3, 2)
+    b.load_state_dict(t.state_dict())
+    np.testing.assert_allclose(b.weight.data, t.weight.detach().numpy(), rtol=1e-6)
+
+
+def test_failed_batchnorm_call_is_not_counted():
+    bn = nn.BatchNorm2d(3)
+    with pytest.raises(ValueError):
+        bn(cnnlab.zeros(1, 3, 1, 1))  # one value per channel: refused in training
+    assert int(bn.num_batches_tracked.data) == 0
+
+
+def test_summary_keeps_each_layers_mode_and_follows_option_a_strides():
+    model = cnnlab.models.resnet20()
+    model.stages[0][0].bn1.eval()
+    s = cnnlab.summary(model, (3, 32, 32), verbose=False)
+    assert model.training and not model.stages[0][0].bn1.training
+    by = {l.name: l for l in s.layers}
+    assert by["stages.1.0.shortcut"].jump == (2, 2)
+    assert by["stages.2.0.shortcut"].jump == (4, 4)

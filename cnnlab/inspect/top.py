@@ -25,7 +25,7 @@ from ..nn import AvgPool2d, Conv2d, LocallyConnected2d, MaxPool2d, Module, obser
 from ..summary import summary
 from .features import _batches, _dataset_arrays, _positive_int
 from .layers import capture, get_layer
-from .maps import _as_float_array, _eval_mode, _shape_errors
+from .maps import _as_float_array, _eval_mode, _model_dtype, _shape_errors
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _pad_top_left(m, in_hw) -> tuple:
     """The padding a windowed layer adds above and to the left of its input."""
     if isinstance(m, (Conv2d, LocallyConnected2d)):
         top, _, left, _ = resolve_padding(m.padding, in_hw, m.kernel_size, m.stride, m.dilation)
-        return top, left
+        return 0, 0
     return tuple(m.padding)  # pooling layers: a pair
 
 
@@ -87,7 +87,7 @@ def receptive_field(model: Module, input_shape, layer: str) -> ReceptiveField:
         calls.append((m, args[0] if args else None, out))
 
     with _eval_mode(model), _shape_errors(where, input_shape), observe_calls(observe):
-        info = summary(model, input_shape, verbose=False).layers
+        info = summary(model, input_shape, dtype=_model_dtype(model), verbose=False).layers
     assert len(info) == len(calls), "receptive_field: summary reported other layer calls than were observed"
     if not found or not isinstance(found[0][0], Tensor):
         raise ValueError(f"{where}: layer {layer!r} was not called with a Tensor output in the forward pass")

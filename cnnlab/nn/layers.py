@@ -123,18 +123,24 @@ class Tanh(Module):
         return F.tanh(x)
 
 
-class Softmax(Module):
+class _AlongDim(Module):
     def __init__(self, dim: int = -1):
         self.dim = dim
-
-    def forward(self, x):
-        return F.softmax(x, self.dim)
 
     def extra_repr(self):
         return f"dim={self.dim}"
 
 
-class LogSoftmax(Softmax):
+class Softmax(_AlongDim):
+    """exp(x_i) / sum_j exp(x_j) along ``dim``."""
+
+    def forward(self, x):
+        return F.softmax(x, self.dim)
+
+
+class LogSoftmax(_AlongDim):
+    """log(softmax(x)) along ``dim``, computed stably."""
+
     def forward(self, x):
         return F.log_softmax(x, self.dim)
 
@@ -158,7 +164,8 @@ class Dropout(Module):
 class CrossEntropyLoss(Module):
     """See :func:`cnnlab.functional.cross_entropy`."""
 
-    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
+    # keyword-only after weight: torch's second positional argument is the deprecated size_average
+    def __init__(self, weight=None, *, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
         self.weight, self.ignore_index = weight, ignore_index
         self.reduction, self.label_smoothing = reduction, label_smoothing
 
@@ -167,7 +174,7 @@ class CrossEntropyLoss(Module):
 
 
 class NLLLoss(Module):
-    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean"):
+    def __init__(self, weight=None, *, ignore_index: int = -100, reduction: str = "mean"):
         self.weight, self.ignore_index, self.reduction = weight, ignore_index, reduction
 
     def forward(self, input, target):
@@ -175,7 +182,7 @@ class NLLLoss(Module):
 
 
 class MSELoss(Module):
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, *, reduction: str = "mean"):
         self.reduction = reduction
 
     def forward(self, input, target):

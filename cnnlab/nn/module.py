@@ -30,6 +30,14 @@ def observe_calls(fn):
         _call_observers.remove(fn)
 
 
+def _container_items(value):
+    if isinstance(value, (list, tuple)):
+        return enumerate(value)
+    if isinstance(value, dict):
+        return ((k, v) for k, v in value.items() if isinstance(k, str))
+    return ()
+
+
 class Parameter(Tensor):
     """A Tensor that is a trainable parameter of a Module (requires grad by default)."""
 
@@ -63,13 +71,15 @@ class Module:
 
     # ----- discovery -----
     def named_children(self):
+        """(name, module) for every sub-module: attributes, and modules in lists, tuples
+        and dicts (named ``attr.index`` or ``attr.key``)."""
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
-            elif isinstance(value, (list, tuple)):
-                for i, v in enumerate(value):
+            else:
+                for key, v in _container_items(value):
                     if isinstance(v, Module):
-                        yield f"{name}.{i}", v
+                        yield f"{name}.{key}", v
 
     def children(self):
         for _, m in self.named_children():
@@ -95,6 +105,10 @@ class Module:
         for name, value in vars(self).items():
             if isinstance(value, Tensor):
                 yield name, value
+            else:
+                for key, v in _container_items(value):
+                    if isinstance(v, Tensor):
+                        yield f"{name}.{key}", v
 
     def _named_tensors(self, kind):
         seen = set()
@@ -134,9 +148,11 @@ class Module:
         own = OrderedDict(self._named_tensors(lambda t: True))
         values = {}
         for k, v in state_dict.items():
-            if hasattr(v, "detach"):  # a framework tensor, e.g. from a PyTorch checkpoint
+            if isinstance(v, Tensor):
+                v = v.data
+            elif hasattr(v, "detach") and hasattr(v, "cpu"):  # a PyTorch tensor, e.g. from a torch checkpoint
                 v = v.detach().cpu().numpy()
-            values[k] = np.asarray(v.data if isinstance(v, Tensor) else v)
+            values[k] = np.asarray(v)
         missing = [k for k in own if k not in values]
         unexpected = [k for k in values if k not in own]
         problems = []

@@ -44,14 +44,16 @@ class _BatchNorm(Module):
         if x.ndim not in self._ranks:
             raise InputError(f"expected a {' or '.join(f'{r}-D' for r in self._ranks)} input, got shape {x.shape}")
         momentum = self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.data += 1
-            if momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked.data)
+        counting = self.training and self.track_running_stats
+        if counting and momentum is None:  # cumulative average: this batch weighs 1/(batches so far)
+            momentum = 1.0 / float(self.num_batches_tracked.data + 1)
         # without running statistics, batch statistics normalise in evaluation too
         use_batch_stats = self.training or not self.track_running_stats
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch_stats, momentum, self.eps)
+        out = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                           use_batch_stats, momentum, self.eps)
+        if counting:  # only batches that were actually used
+            self.num_batches_tracked.data += 1
+        return out
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "

@@ -49,43 +49,48 @@ class AvgPool2d(Module):
                             self.count_include_pad, self.divisor_override)
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}")
 
 
-class AdaptiveAvgPool2d(Module):
-    """Average pooling to a fixed (Ho, Wo) whatever the input size."""
-
+class _Adaptive(Module):
     def __init__(self, output_size):
         self.output_size = output_size
-
-    def forward(self, x):
-        return F.adaptive_avg_pool2d(x, self.output_size)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
 
 
-class AdaptiveMaxPool2d(AdaptiveAvgPool2d):
+class AdaptiveAvgPool2d(_Adaptive):
+    """Average pooling to a fixed (Ho, Wo) whatever the input size."""
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+
+class AdaptiveMaxPool2d(_Adaptive):
     """Max pooling to a fixed (Ho, Wo) whatever the input size."""
 
     def forward(self, x):
         return F.adaptive_max_pool2d(x, self.output_size)
 
 
-class GlobalAvgPool2d(Module):
-    """Mean over all positions: (N, C, H, W) -> (N, C) (or (N, C, 1, 1) with keepdim)."""
-
+class _Global(Module):
     def __init__(self, keepdim: bool = False):
         self.keepdim = keepdim
-
-    def forward(self, x):
-        return F.global_avg_pool2d(x, self.keepdim)
 
     def extra_repr(self):
         return "keepdim=True" if self.keepdim else ""
 
 
-class GlobalMaxPool2d(GlobalAvgPool2d):
+class GlobalAvgPool2d(_Global):
+    """Mean over all positions: (N, C, H, W) -> (N, C) (or (N, C, 1, 1) with keepdim)."""
+
+    def forward(self, x):
+        return F.global_avg_pool2d(x, self.keepdim)
+
+
+class GlobalMaxPool2d(_Global):
     """Max over all positions: (N, C, H, W) -> (N, C) (or (N, C, 1, 1) with keepdim)."""
 
     def forward(self, x):
