@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional.conv import check_padding_mode, normalize_padding, resolve_padding
-from .kernels import out_size, padded_index
-from ._errors import pair
+from .functional.conv import conv_geometry
+from .kernels import padded_index
 
 
 def conv_matrix(weight, input_shape, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
@@ -44,18 +43,10 @@ def conv_matrix(weight, input_shape, stride=1, padding=0, dilation=1, groups=1, 
         w = w[:, :, ::-1, ::-1]
     c, h, wd = (int(v) for v in input_shape)
     f, cg, kh, kw = w.shape
-    if c != cg * groups or f % groups:
-        raise ValueError(f"{where}: weight {w.shape} with groups={groups} needs {cg * groups} input channels "
-                         f"and F divisible by groups, got input_shape {tuple(input_shape)}")
-    stride, dilation = pair(stride, "stride", where), pair(dilation, "dilation", where)
-    check_padding_mode(padding_mode, where)
-    top, bottom, left, right = resolve_padding(normalize_padding(padding, where), (h, wd), (kh, kw), stride, dilation)
+    stride, (top, bottom, left, right), dilation, (ho, wo) = conv_geometry(
+        (c, h, wd), w.shape, stride, padding, dilation, groups, padding_mode, where)
     rows_src = padded_index(h, top, bottom, padding_mode)
     cols_src = padded_index(wd, left, right, padding_mode)
-    ho = out_size(len(rows_src), kh, stride[0], dilation[0])
-    wo = out_size(len(cols_src), kw, stride[1], dilation[1])
-    if ho < 1 or wo < 1:
-        raise ValueError(f"{where}: kernel {(kh, kw)} does not fit the padded input {(len(rows_src), len(cols_src))}")
 
     fi, ci, u, v, i, j = np.ix_(np.arange(f), np.arange(cg), np.arange(kh), np.arange(kw), np.arange(ho), np.arange(wo))
     src_h = rows_src[i * stride[0] + u * dilation[0]]

@@ -277,6 +277,24 @@ def test_receptive_field_boxes_are_where_the_gradient_reaches(layer):
         assert rf.box(i, j) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1), (i, j)
 
 
+@pytest.mark.parametrize("layer", ["1", "1.body.1", "2", "3"])
+def test_receptive_field_after_a_residual_sum(layer):
+    """Behind a sum (a residual block's output, and the layer after it) the field is the
+    widest branch's, as summary assumes: again exactly where the gradient reaches."""
+    cnnlab.manual_seed(2)
+    body = nn.Sequential(nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.Conv2d(2, 2, 3, padding=1))
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Residual(body, nn.Conv2d(2, 2, 1, stride=2)),
+                          nn.Identity(), nn.Conv2d(2, 1, 3, padding=1)).double()
+    x = Tensor(np.random.default_rng(0).standard_normal((1, 1, 17, 17)), requires_grad=True)
+    out = capture(model, x, [layer], grad=True)[layer]
+    rf = receptive_field(model, (1, 17, 17), layer)
+    for i, j in {(0, 0), (4, 4), (8, 8), (3, 8)}:
+        x.grad = None
+        out[0, 0, i, j].backward(retain_graph=True)
+        rows, cols = np.nonzero(x.grad[0, 0])
+        assert rf.box(i, j) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1), (i, j)
+
+
 # ----- the feature space -----
 class TwoHeads(nn.Module):
     """The classifier is defined before the hidden layer but called after it: the last

@@ -495,3 +495,13 @@ def test_summary_keeps_each_layers_mode_and_follows_option_a_strides():
     by = {l.name: l for l in s.layers}
     assert by["stages.1.0.shortcut"].jump == (2, 2)
     assert by["stages.2.0.shortcut"].jump == (4, 4)
+
+
+def test_conv_matrix_refuses_what_conv2d_refuses():
+    w = np.ones((1, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"conv_matrix: padding_mode='reflect' needs padding < the input's height \(5\)"):
+        cnnlab.conv_matrix(w, (1, 5, 5), padding=5, padding_mode="reflect")
+    with pytest.raises(ValueError, match=r"conv_matrix: groups must be a positive int, got 1.5"):
+        cnnlab.conv_matrix(w, (1, 5, 5), groups=1.5)
+    with pytest.raises(ValueError, match=r"conv_matrix: expected input with 1 channels"):
+        cnnlab.conv_matrix(w, (2, 5, 5))

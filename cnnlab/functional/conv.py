@@ -102,6 +102,33 @@ def _check_window_fits(padded_hw, kernel, dilation, where, in_hw, pads) -> None:
             )
 
 
+def conv_geometry(in_shape, weight_shape, stride, padding, dilation, groups, padding_mode, where, shown_shape=None):
+    """Check a convolution's settings against one input of shape (C, H, W) and a weight of
+    shape (F, C/groups, KH, KW); return (stride, pads (top, bottom, left, right), dilation,
+    (Ho, Wo)). Shared by :func:`conv2d` and :func:`cnnlab.conv_matrix`, so both accept
+    exactly the same arguments. ``shown_shape`` is the input shape errors quote."""
+    stride = pair(stride, "stride", where)
+    dilation = pair(dilation, "dilation", where)
+    padding = normalize_padding(padding, where)
+    check_padding_mode(padding_mode, where)
+    if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{where}: groups must be a positive int, got {groups!r}")
+    c, h, w = in_shape
+    f, cg, kh, kw = weight_shape
+    if f % groups:
+        raise InputError(f"{where}: the number of filters ({f}) must be divisible by groups ({groups})")
+    if c != cg * groups:
+        shown = f"{tuple(shown_shape)}" if shown_shape is not None else f"{tuple(in_shape)} (C, H, W)"
+        raise InputError(f"{where}: expected input with {cg * groups} channels (weight {tuple(weight_shape)}, "
+                         f"groups={groups}), got {c} channels in input of shape {shown}")
+    pads = resolve_padding(padding, (h, w), (kh, kw), stride, dilation)
+    check_pads_fit((h, w), pads, padding_mode, where, padding)
+    padded = (h + pads[0] + pads[1], w + pads[2] + pads[3])
+    _check_window_fits(padded, (kh, kw), dilation, where, (h, w), pads)
+    out_hw = (out_size(padded[0], kh, stride[0], dilation[0]), out_size(padded[1], kw, stride[1], dilation[1]))
+    return stride, pads, dilation, out_hw
+
+
 # ----- the convolution -----
 class Conv2dFunction(Function):
     """Grouped 2-D cross-correlation of NCHW input with (F, C/groups, KH, KW) weights."""
@@ -214,32 +241,14 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         raise InputError(f"{where}: weight must be 4-D (F, C/groups, KH, KW), got shape {w.shape}")
     if x.dtype != w.dtype:
         raise InputError(f"{where}: input dtype {x.dtype} and weight dtype {w.dtype} differ")
-    stride = pair(stride, "stride", where)
-    dilation = pair(dilation, "dilation", where)
-    padding = normalize_padding(padding, where)
-    check_padding_mode(padding_mode, where)
-    if not isinstance(groups, numbers.Integral) or groups < 1:
-        raise ValueError(f"{where}: groups must be a positive int, got {groups!r}")
     unbatched = x.ndim == 3
     if unbatched:
         x = x.reshape((1,) + x.shape)
-    f, cg, kh, kw = w.shape
-    c = x.shape[1]
-    if f % groups:
-        raise InputError(f"{where}: the number of filters ({f}) must be divisible by groups ({groups})")
-    if c != cg * groups:
-        raise InputError(
-            f"{where}: expected input with {cg * groups} channels (weight {w.shape}, groups={groups}), "
-            f"got {c} channels in input of shape {tuple(input.shape)}"
-        )
-    in_hw = x.shape[2:]
-    pads = resolve_padding(padding, in_hw, (kh, kw), stride, dilation)
-    check_pads_fit(in_hw, pads, padding_mode, where, padding)
-    padded = (in_hw[0] + pads[0] + pads[1], in_hw[1] + pads[2] + pads[3])
-    _check_window_fits(padded, (kh, kw), dilation, where, in_hw, pads)
+    stride, pads, dilation, out_hw = conv_geometry(x.shape[1:], w.shape, stride, padding, dilation, groups,
+                                                   padding_mode, where, shown_shape=input.shape)
+    f = w.shape[0]
     if bias is not None:
         bias = _as_tensor(bias, "conv2d", "bias")
-        out_hw = (out_size(padded[0], kh, stride[0], dilation[0]), out_size(padded[1], kw, stride[1], dilation[1]))
         if bias.shape not in ((f,), (f,) + out_hw):
             raise InputError(
                 f"{where}: bias must have shape ({f},) or, untied, {(f,) + out_hw}, got {bias.shape}"

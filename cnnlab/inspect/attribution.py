@@ -397,7 +397,9 @@ def smoothgrad(model: Module, image, target=None, samples: int = 25, noise: floa
 
     and ``heatmap`` the largest absolute averaged gradient over the channels. The target
     is fixed on the clean image, so every copy explains the same class. With
-    ``samples=1, noise=0`` this is :func:`saliency`.
+    ``samples=1, noise=0`` this is :func:`saliency`. The images of a batch share one
+    noise pattern (scaled to each one's range), so a batch gives the same maps as its
+    images one at a time.
 
     Args:
         model, image, target: as in :func:`saliency`.
@@ -420,10 +422,13 @@ def smoothgrad(model: Module, image, target=None, samples: int = 25, noise: floa
         logits = _forward_checked(model, x, where, lambda a: _logits(model, a, batch_size))
         targets = _targets(target, logits, where)
         scores = logits[np.arange(len(x)), targets]
+        # one noise pattern, scaled to each image's range, so that a batch gives the same
+        # maps as its images one at a time
+        pattern = rng.standard_normal((samples,) + x.shape[1:])
         grads = np.zeros(x.shape, dtype=np.float64)
         for k in range(len(x)):
             sigma = noise * float(x[k].max() - x[k].min())
-            noisy = x[k] + (sigma * rng.standard_normal((samples,) + x.shape[1:])).astype(x.dtype)
+            noisy = x[k] + (sigma * pattern).astype(x.dtype)
             for s in range(0, samples, batch_size):
                 g, _, _ = _input_gradient(model, noisy[s:s + batch_size], int(targets[k]), where)
                 grads[k] += g.sum(axis=0)

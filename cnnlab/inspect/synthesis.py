@@ -26,7 +26,7 @@ import numpy as np
 
 from ..autograd import Tensor
 from ..nn import Module
-from .attribution import _forward_checked, _inspecting, _model_dtype, gaussian_blur
+from .attribution import _forward_checked, _inspecting, _model_dtype, _prepare, gaussian_blur
 from .layers import capture, get_layer
 
 __all__ = ["SynthesisResult", "maximize_activation"]
@@ -89,7 +89,7 @@ def maximize_activation(model: Module, layer: str = None, channel: int = None, t
         u  = blur(u, blur_sigma) every blur_every steps
         u  = clip(u, 0, 1)
 
-    The starting image is the mean colour plus faint Gaussian noise (std 0.05).
+    The starting image is the mean colour plus faint Gaussian noise (std 0.01).
 
     Args:
         model: any cnnlab model.
@@ -136,6 +136,7 @@ def maximize_activation(model: Module, layer: str = None, channel: int = None, t
     if layer is not None:
         get_layer(model, layer)  # a ValueError listing the valid names
     dtype = _model_dtype(model)
+    _prepare(model, np.zeros((c, h, w), dtype), where)  # the channel count, checked against the first conv
     mu = _per_channel(mean, c, "mean", 0.0)
     sd = _per_channel(std, c, "std", 1.0)
     if np.any(sd <= 0):
@@ -172,7 +173,7 @@ def maximize_activation(model: Module, layer: str = None, channel: int = None, t
         return float(unit.data), x.grad[0].astype(np.float64) / sd
 
     with _inspecting(model):
-        u = np.clip(centre + 0.05 * rng.standard_normal((c, h, w)), 0.0, 1.0)
+        u = np.clip(centre + 0.01 * rng.standard_normal((c, h, w)), 0.0, 1.0)
         start, _ = _forward_checked(model, np.zeros((1, c, h, w), dtype), where, lambda a: objective(u, False))
         history = np.empty(steps)
         for step in range(steps):

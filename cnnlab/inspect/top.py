@@ -58,7 +58,7 @@ def _pad_top_left(m, in_hw) -> tuple:
     """The padding a windowed layer adds above and to the left of its input."""
     if isinstance(m, (Conv2d, LocallyConnected2d)):
         top, _, left, _ = resolve_padding(m.padding, in_hw, m.kernel_size, m.stride, m.dilation)
-        return 0, 0
+        return top, left
     return tuple(m.padding)  # pooling layers: a pair
 
 
