@@ -4,8 +4,8 @@ Most tests write tiny files in the original formats (gzip IDX; CIFAR-10 binary r
 and batch pickles, as folders and as .tar.gz archives) and put their checksums into the
 module-level tables with ``monkeypatch``. Downloads go to a local ``http.server`` on
 127.0.0.1; an autouse fixture fails any test that tries to open another host. The real
-files are read (never written) from ``$CNNLAB_SHARED_DATA`` (default /work/shared/data)
-when they are there.
+distribution files are read (never written) from the folder ``$CNNLAB_TEST_DATA`` names
+(laid out as mnist/, fashion-mnist/, cifar-10/); without it those tests are skipped.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import cnnlab
 from cnnlab import data as D
 from cnnlab.data import catalog, download, formats
 
-SHARED = Path(os.environ.get("CNNLAB_SHARED_DATA", "/work/shared/data"))
+SHARED = Path(os.environ.get("CNNLAB_TEST_DATA") or "/nonexistent")
 needs_mnist = pytest.mark.skipif(not (SHARED / "mnist" / "t10k-images-idx3-ubyte.gz").is_file(),
                                  reason=f"MNIST not in {SHARED}")
 needs_fashion = pytest.mark.skipif(not (SHARED / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").is_file(),
@@ -761,7 +761,14 @@ def test_batch_augmentation_uses_rng_of_seed_epoch_and_batch():
     order = loader.order(4)
     for b, (x, _) in enumerate(loader.iter_epoch(4)):
         raw = ds.images[order[b * 8:(b + 1) * 8]].astype(np.float32) / 255
-        np.testing.assert_array_equal(x.data, crop(raw, np.random.default_rng((11, 4, b))))
+        rng = np.random.default_rng(np.random.SeedSequence(11, spawn_key=(0, 4, b)))
+        np.testing.assert_array_equal(x.data, crop(raw, rng))
+
+
+def test_large_seeds_do_not_share_streams():
+    ds = D.ArrayDataset(np.zeros((64, 1, 2, 2), np.uint8), np.arange(64) % 10)
+    a, b = D.DataLoader(ds, 8, shuffle=True, seed=2**32), D.DataLoader(ds, 8, shuffle=True, seed=0)
+    assert not np.array_equal(a.order(1), b.order(0))  # 2**32 spilled into the next entropy word
 
 
 def test_loader_argument_errors():

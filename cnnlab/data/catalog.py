@@ -149,7 +149,7 @@ def cifar10(split: str = "train", data_dir=None, download: bool = True, *, mirro
     return ArrayDataset(images, labels, CIFAR10_CLASSES, name=f"cifar10/{split}")
 
 
-def digits(split: str = "train", data_dir=None, download: bool = True) -> ArrayDataset:
+def digits(split: str = "train", data_dir=None, download: bool = True, *, mirror=None, progress=None) -> ArrayDataset:
     """scikit-learn's handwritten digits (UCI optdigits test set): 1,797 images (1, 8, 8)
     float32 in [0, 1] (the original 0-16 counts divided by 16), classes '0'-'9'.
 
@@ -194,7 +194,8 @@ def _check_labels(labels, num_classes, where) -> None:
 def _not_found(key, what, roots) -> DatasetError:
     looked = ", ".join(str(d) for d in search_dirs(roots, FOLDERS[key]))
     return DatasetError(f"{key}: {what} not found; looked in {looked}; "
-                        "pass download=True to fetch it, or data_dir= to point at a copy")
+                        "allow downloads (download=True; on the command line, without --no-download) "
+                        "or point the data folder at a copy")
 
 
 def _idx_dataset(key, classes, split, data_dir, download, mirror, progress) -> ArrayDataset:

@@ -12,10 +12,14 @@ import numpy as np
 
 from ..autograd import Tensor
 
-# np.random.default_rng((seed, epoch)) would equal default_rng((seed, epoch, 0)), the
-# augmentation stream of batch 0 (SeedSequence pads short entropy with zeros); a spawn
-# key keeps the shuffle stream apart from every batch's.
-_SHUFFLE_KEY = (1,)
+
+
+def _stream(seed, *key):
+    """An independent random stream per (purpose, epoch, batch). The seed is the entropy and
+    the rest a spawn key: packing them all into the entropy would make streams collide
+    (``(seed, e)`` is padded to ``(seed, e, 0)``, and seeds of 2**32 or more spill into
+    the next word)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
 class DataLoader:
@@ -30,8 +34,8 @@ class DataLoader:
         transform: a batch transform ``t(x, rng) -> x`` (see :mod:`cnnlab.data.transforms`),
             applied after scaling to [0, 1].
         seed: a non-negative int. The order of epoch e is
-            ``SeedSequence((seed, e), spawn_key=(1,))``'s permutation; batch b of epoch e
-            is augmented with ``np.random.default_rng((seed, e, b))``.
+            a permutation drawn from ``SeedSequence(seed, spawn_key=(1, e))``; batch b of
+            epoch e is augmented with a generator from ``SeedSequence(seed, spawn_key=(0, e, b))``.
 
     Yields:
         x: float32 Tensor (B, C, H, W), uint8 pixels divided by 255 (float images as they
@@ -82,8 +86,7 @@ class DataLoader:
         n = len(self.dataset.labels)
         if not self.shuffle:
             return np.arange(n)
-        seq = np.random.SeedSequence((self.seed, int(epoch)), spawn_key=_SHUFFLE_KEY)
-        return np.random.default_rng(seq).permutation(n)
+        return _stream(self.seed, 1, int(epoch)).permutation(n)
 
     def __iter__(self):
         epoch = self.epoch
@@ -113,7 +116,7 @@ class DataLoader:
             else:
                 x = x.astype(np.float32, copy=order is None)  # a slice is a view: copy it
             if self.transform is not None:
-                x = self.transform(x, np.random.default_rng((self.seed, epoch, b)))
+                x = self.transform(x, _stream(self.seed, 0, epoch, b))
             yield Tensor(x), Tensor(y.astype(np.int64, copy=order is None))
 
     def __repr__(self):
