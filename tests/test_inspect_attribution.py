@@ -203,8 +203,9 @@ def test_calls_leave_the_model_as_they_found_it():
 # ----- activation maximization -----
 
 def test_maximize_activation_raises_the_activation_tenfold(model):
-    # the mean ReLU'd edge response: small but positive on the faint noisy start
-    r = maximize_activation(model, "1", 0, shape=(1, H, W), steps=60, seed=0)
+    # the measure: the mean ReLU'd edge response. The start is black plus faint noise, so
+    # small but positive (a grey start would already respond at the zero-padded border)
+    r = maximize_activation(model, "1", 0, shape=(1, H, W), steps=60, seed=0, background=0.0)
     assert r.start_value > 0
     assert r.final_value >= 10 * r.start_value
     assert r.image.shape == (1, H, W) and r.image.dtype == np.float32
@@ -218,6 +219,10 @@ def test_maximize_activation_raises_the_activation_tenfold(model):
     np.testing.assert_allclose(c.image, (c.display - 0.5) / 0.25, rtol=1e-5, atol=1e-6)
     again = maximize_activation(model, target_class=0, shape=(1, H, W), steps=60, mean=0.5, std=0.25)
     np.testing.assert_array_equal(again.image, c.image)  # seeded
+    # a unit that is silent on the start (ReLU behind a negative bias) is woken up by noise
+    model[0].bias.data[...] = -1.0
+    silent = maximize_activation(model, "1", 0, shape=(1, H, W), steps=60, background=0.0)
+    assert silent.start_value == 0 and silent.final_value > 0.1
 
 
 def test_gaussian_blur_keeps_flat_images_and_the_mass():

@@ -113,6 +113,8 @@ def _model_dtype(model: Module):
 def _prepare(model: Module, image, where: str):
     """The image as a float (N, C, H, W) array in the model's dtype, and whether a single
     (C, H, W) image was given."""
+    if not isinstance(model, Module):
+        raise TypeError(f"{where}: model must be a cnnlab.nn.Module, got {type(model).__name__}")
     if isinstance(image, Tensor):
         image = image.data
     if not isinstance(image, np.ndarray):
@@ -133,11 +135,11 @@ def _prepare(model: Module, image, where: str):
     return x, single
 
 
-def _forward_checked(model: Module, x: np.ndarray, where: str, fn=None):
-    """``fn(x)`` (default ``model(Tensor(x))``), turning the model's own input error
-    into one that says which image shape it refused."""
+def _forward_checked(model: Module, x: np.ndarray, where: str, fn):
+    """``fn(x)``, a first pass of ``model`` over ``x``, turning the model's own input
+    error into one that says which image shape it refused."""
     try:
-        return fn(x) if fn is not None else model(Tensor(x))
+        return fn(x)
     except InputError as e:
         raise ValueError(f"{where}: the model does not accept images of shape {x.shape[1:]} (C, H, W): {e}") from None
 
@@ -303,7 +305,7 @@ def occlusion(model: Module, image, target=None, patch: int = 8, stride: int = 4
     Example:
         >>> r = occlusion(model, x, patch=4, stride=2)   # x: one normalised (1, 28, 28) digit
         >>> r.heatmap.shape, r.target, round(r.probability, 3)
-        ((28, 28), 7, 0.998)
+        ((28, 28), 7, 0.894)
     """
     where = "occlusion"
     x, single = _prepare(model, image, where)
@@ -446,7 +448,12 @@ def grad_cam(model: Module, image, layer: str, target=None) -> GradCAMResult:
 
     then upsampled bilinearly to the input's (H, W) and divided by its maximum. A late
     layer gives coarse but class-specific maps; an early one sharper but less selective
-    ones. If the layer runs more than once in a forward pass, its first call is used.
+    ones. Use a layer after its ReLU (in LeNet-5, "4" rather than the convolution "3"):
+    negative pre-activations weighted by positive alphas blank out the map. The
+    upsampling stretches the h x w grid over the whole image, as in the paper; after
+    unpadded convolutions the true receptive-field centres sit a little further in, so
+    near the borders the map can be off by a few pixels. If the layer runs more than once
+    in a forward pass, its first call is used.
 
     Args:
         model: a classifier returning (N, classes) scores.
