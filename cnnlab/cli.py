@@ -1,10 +1,12 @@
-"""The ``cnnlab`` command: train, eval, predict and summary.
+"""The ``cnnlab`` command: train, eval, predict, summary, inspect and report.
 
     cnnlab train                     LeNet-5 on the embedded digits (no files, no network)
     cnnlab train --dataset mnist --data-dir DIR --model lenet5 --epochs 10
     cnnlab eval runs/mnist-lenet5/checkpoint.npz
     cnnlab predict runs/mnist-lenet5/checkpoint.npz digit.png another.jpg --top-k 3
     cnnlab summary resnet20 --input-shape 3 32 32
+    cnnlab inspect occlusion runs/mnist-lenet5/checkpoint.npz --index 7 --out occlusion.png
+    cnnlab report runs/mnist-lenet5/checkpoint.npz      (writes report.html beside it)
 """
 from __future__ import annotations
 
@@ -45,7 +47,11 @@ positive_float, non_negative = _number(float, 0, low_ok=False), _number(float, 0
 _RESUMABLE = {"resume", "no_progress", "no_download", "data_dir", "out", "epochs"}
 _META_KEYS = {"eval": ("model", "in_shape", "num_classes", "dataset", "classes", "normalize"),
               "predict": ("model", "in_shape", "num_classes", "classes", "normalize"),
-              "summary": ("model", "in_shape", "num_classes")}
+              "summary": ("model", "in_shape", "num_classes"),
+              "inspect": ("model", "in_shape", "num_classes", "dataset", "classes", "normalize"),
+              "report": ("model", "in_shape", "num_classes", "dataset", "classes", "normalize")}
+INSPECT_TOOLS = ("filters", "maps", "occlusion", "saliency", "maximize", "top", "tsne", "neighbors", "confusion",
+                 "curves")
 
 
 # ----- building blocks shared by the commands -----
@@ -226,7 +232,7 @@ def _read_image(path, in_shape):
     try:
         from PIL import Image, ImageOps, UnidentifiedImageError
     except ImportError:
-        raise CLIError("predict needs Pillow: pip install 'cnnlab[images]'") from None
+        raise CLIError("reading image files needs Pillow: pip install 'cnnlab[images]'") from None
     c, h, w = in_shape
     try:
         with Image.open(path) as img:
@@ -292,6 +298,222 @@ def cmd_summary(args) -> int:
     return 0
 
 
+# ----- inspect and report -----
+def _subject(args, need_data: bool):
+    """The checkpoint's model, its normalisation and (when ``need_data``) its test split."""
+    from cnnlab.inspect.report import Subject
+    model, meta = _load_for_inference(args.checkpoint, args.command)
+    images = labels = None
+    if need_data:
+        test = _load_split(meta["dataset"], "test", args.data_dir, not args.no_download)
+        images, labels = test.images, test.labels
+    norm = meta["normalize"]
+    return Subject(model=model, in_shape=tuple(meta["in_shape"]), classes=list(meta["classes"]),
+                   mean=np.asarray(norm["mean"], np.float64), std=np.asarray(norm["std"], np.float64),
+                   images=images, labels=labels, name=f"{meta['model']} on {meta['dataset']}"), meta
+
+
+def _chosen_image(args, subject):
+    """(display image (C, H, W) in [0, 1], its label or None): --image FILE, else test image --index N."""
+    if getattr(args, "image", None):
+        img = _read_image(args.image, subject.in_shape)
+        return (1.0 - img if args.invert else img).astype(np.float32), None
+    n = len(subject.images)
+    index = args.index if args.index is not None else 0
+    if index >= n:
+        raise CLIError(f"--index {index} is out of range: the test split has {n} images (0 to {n - 1})")
+    return subject.display(subject.images[index]), int(subject.labels[index])
+
+
+def _class_index(text, classes):
+    """A class given by index ('3') or by name ('Sneaker')."""
+    if text in classes:
+        return classes.index(text)
+    try:
+        k = int(text)
+    except ValueError:
+        raise CLIError(f"--target {text!r} is neither a class index nor a class name; classes: "
+                       f"{', '.join(classes)}") from None
+    if not 0 <= k < len(classes):
+        raise CLIError(f"--target {k} is out of range: the model has {len(classes)} classes (0 to {len(classes) - 1})")
+    return k
+
+
+def _picture(args, subject):
+    """The figure for ``cnnlab inspect TOOL``."""
+    from cnnlab.inspect import report as R
+    tool = args.tool
+    if tool == "filters":
+        return R.filters_figure(subject, args.layer, gradients=args.gradients, batch=args.batch)
+    if tool == "confusion":
+        return R.confusion_figure(subject)[0]
+    if tool == "top":
+        return R.top_figure(subject, args.layer, args.channels, k=args.k, limit=args.samples)
+    if tool == "tsne":
+        return R.embedding_figure(subject, args.samples, method=args.method, layer=args.layer)[0]
+    if tool == "neighbors":
+        image = _chosen_image(args, subject)[0] if args.image else None
+        return R.neighbors_figure(subject, args.index, args.samples, k=args.k, layer=args.layer, image=image)
+    if tool == "maximize":
+        targets = None if args.target is None else [_class_index(t, subject.classes) for t in args.target]
+        if targets is not None and (args.layer or args.channels):
+            raise CLIError("give either --target (classes) or --layer/--channels, not both")
+        return R.maximize_figure(subject, targets, args.layer, args.channels, steps=args.steps)
+    image, label = _chosen_image(args, subject)
+    target = None if getattr(args, "target", None) is None else _class_index(args.target, subject.classes)
+    if tool == "maps":
+        return R.maps_figure(subject, image, args.layer, args.channels)
+    if tool == "occlusion":
+        return R.occlusion_figure(subject, image, target, args.patch, args.stride, label=label)
+    if args.layer and args.method != "gradcam":
+        raise CLIError(f"--layer goes with --method gradcam (the {args.method} map is of the input pixels)")
+    return R.saliency_figure(subject, image, args.method, target, args.layer, label=label)
+
+
+def cmd_inspect(args) -> int:
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"{args.tool}.png")
+    try:
+        from cnnlab.inspect import plots
+        if args.tool == "curves":
+            from cnnlab.inspect.report import curves_figure
+            metrics = args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "metrics.jsonl")
+            if not os.path.isfile(metrics):
+                raise CLIError(f"no metrics file {metrics} (cnnlab train writes metrics.jsonl beside the checkpoint; "
+                               f"give another with --metrics FILE)")
+            _, meta = _load_for_inference(args.checkpoint, "summary")
+            fig = curves_figure(metrics, meta.get("model"))
+        else:
+            need_data = args.tool != "filters" or args.gradients
+            subject, _ = _subject(args, need_data)
+            fig = _picture(args, subject)
+        plots.save(fig, out)
+    except (ValueError, ImportError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    import time
+
+    from cnnlab._io import atomic_write_bytes
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "report.html")
+    metrics = args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "metrics.jsonl")
+    start = time.perf_counter()
+    try:
+        from cnnlab.inspect.report import build_report
+        subject, meta = _subject(args, need_data=True)
+        print(f"report on {subject.name} ({len(subject.images)} test images):")
+        page = build_report(subject, metrics, samples=args.samples, checkpoint=args.checkpoint, meta=meta,
+                            log=None if args.quiet else print)
+        atomic_write_bytes(out, page.encode("utf-8"))
+    except (ValueError, ImportError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {out} ({len(page) / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _inspect_parsers(sub):
+    def tool(name, help, description, data=True, image=False, layer=None):
+        p = tools.add_parser(name, help=help, description=description)
+        p.add_argument("checkpoint", help="a checkpoint.npz written by cnnlab train")
+        p.add_argument("--out", metavar="FILE.png", help=f"the picture to write (default {name}.png beside the "
+                                                          "checkpoint)")
+        if data:
+            p.add_argument("--data-dir", help="folder with the dataset files (as for eval)")
+            p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
+        if image:
+            which = p.add_mutually_exclusive_group()
+            which.add_argument("--index", type=natural, metavar="N",
+                               help="analyse image N of the checkpoint's test split (default 0)")
+            which.add_argument("--image", metavar="FILE",
+                               help="analyse an image file instead (converted to the model's channels and size)")
+            p.add_argument("--invert", action="store_true", help="invert --image (dark ink on white paper -> "
+                                                                  "MNIST's white on black)")
+        if layer:
+            p.add_argument("--layer", help=layer)
+        p.set_defaults(run=cmd_inspect)
+        return p
+
+    last = "default: the last convolution's output after its ReLU"
+    p = sub.add_parser("inspect", help="draw one picture of what a trained model does (TOOL --help for each)",
+                       description="Draw one picture of a checkpoint's model as a PNG file. Images are taken from "
+                                   "the checkpoint's test split (--index) or read from a file (--image).")
+    tools = p.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    t = tool("filters", "convolution filters (or their gradients)",
+             "The first convolution's filters, or a deeper one's as one tile per (filter, input channel).",
+             layer="a Conv2d layer's name (default the first convolution); invalid names list the valid ones")
+    t.add_argument("--gradients", action="store_true",
+                   help="show d loss / d weight on the first --batch test images instead of the weights")
+    t.add_argument("--batch", type=positive_int, default=256, help="test images for --gradients (default 256)")
+    t = tool("maps", "feature maps of several layers for one image",
+             "Feature maps of several layers for one image, one row per layer.", image=True)
+    t.add_argument("--layer", action="append", help="a layer to show (repeat for several; default up to 6 "
+                                                    "activation and pooling layers)")
+    t.add_argument("--channel", "--channels", dest="channels", type=natural, nargs="+", metavar="C",
+                   help="channels to show in every row (default the first 16)")
+    t = tool("occlusion", "occlusion sensitivity of one image",
+             "Hide a square patch at every position and map how much the class's probability drops.", image=True)
+    t.add_argument("--target", help="the class to explain, by index or name (default the predicted one)")
+    t.add_argument("--patch", type=positive_int, help="side of the hidden square in pixels (default 1/5 of the image)")
+    t.add_argument("--stride", type=positive_int, help="step between squares (default a third of --patch)")
+    t = tool("saliency", "gradient saliency, SmoothGrad or Grad-CAM of one image",
+             "Which pixels the class's score is most sensitive to.", image=True,
+             layer=f"the layer for --method gradcam ({last})")
+    t.add_argument("--method", default="smoothgrad", choices=("smoothgrad", "gradient", "gradcam"),
+                   help="smoothgrad (default): gradients averaged over noisy copies; gradient: one gradient; "
+                        "gradcam: Grad-CAM on --layer")
+    t.add_argument("--target", help="the class to explain, by index or name (default the predicted one)")
+    t = tool("maximize", "images synthesised to excite a class or channels",
+             "Gradient ascent on the input: images that maximise each class's score, or channels of a layer.",
+             layer=f"maximise channels of this layer instead of classes ({last} when only --channels is given)")
+    t.add_argument("--target", nargs="+", metavar="CLASS", help="classes, by index or name (default all)")
+    t.add_argument("--channel", "--channels", dest="channels", type=natural, nargs="+", metavar="C",
+                   help="channels of --layer (default its first 8)")
+    t.add_argument("--steps", type=positive_int, default=200, help="gradient-ascent steps (default 200)")
+    t = tool("top", "test images that excite channels most, with receptive fields",
+             "The k test images whose largest activation in each channel is highest, with the receptive field "
+             "of the unit that fired boxed, and the patches it saw.", layer=f"the layer ({last})")
+    t.add_argument("--channel", "--channels", dest="channels", type=natural, nargs="+", metavar="C",
+                   help="channels to show (default the 4 whose top images excite them most)")
+    t.add_argument("--k", type=positive_int, default=9, help="images per channel (default 9)")
+    t.add_argument("--samples", type=positive_int, help="search the first N test images (default all)")
+    t = tool("tsne", "t-SNE (or PCA) of the feature space, coloured by class",
+             "The penultimate features of test images placed in a plane, with their 10-NN accuracy.",
+             layer="use this layer's output as the features (default the last linear layer's input)")
+    t.add_argument("--samples", type=_number(int, 20), default=1000,
+                   help="test images, drawn at random (default 1000, at least 20)")
+    t.add_argument("--method", default="tsne", choices=("tsne", "pca"), help="default tsne")
+    t = tool("neighbors", "nearest neighbours in feature space beside pixel space",
+             "The nearest test images to a few queries, by feature vectors and by pixels.",
+             layer="use this layer's output as the features (default the last linear layer's input)")
+    which = t.add_mutually_exclusive_group()
+    which.add_argument("--index", type=natural, nargs="+", metavar="N",
+                       help="query test images (default 5 of different classes)")
+    which.add_argument("--image", metavar="FILE", help="query with an image file instead")
+    t.add_argument("--invert", action="store_true", help="invert --image")
+    t.add_argument("--samples", type=positive_int, help="search N test images drawn at random (default all)")
+    t.add_argument("--k", type=positive_int, default=6, help="neighbours per query (default 6)")
+    tool("confusion", "confusion matrix on the test split", "Counts and row-normalised rates on the test split.")
+    t = tool("curves", "training curves from the metrics file", "Loss, accuracy and learning rate per epoch.",
+             data=False)
+    t.add_argument("--metrics", metavar="FILE", help="the metrics file (default metrics.jsonl beside the checkpoint)")
+
+    p = sub.add_parser("report", help="write one self-contained HTML page with every picture of a model",
+                       description="Accuracy, confusion matrix, model summary, training curves, filters, feature "
+                                   "maps, occlusion/saliency/Grad-CAM, activation maximisation, top activations, "
+                                   "t-SNE and nearest neighbours, in one HTML file with the images inside it.")
+    p.add_argument("checkpoint", help="a checkpoint.npz written by cnnlab train")
+    p.add_argument("--out", metavar="FILE.html", help="default report.html beside the checkpoint")
+    p.add_argument("--data-dir", help="folder with the dataset files (as for eval)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
+    p.add_argument("--samples", type=_number(int, 20), default=1000,
+                   help="test images (drawn at random) for t-SNE and nearest neighbours (default 1000)")
+    p.add_argument("--metrics", metavar="FILE", help="the metrics file (default metrics.jsonl beside the checkpoint)")
+    p.add_argument("--quiet", action="store_true", help="do not print each step's time")
+    p.set_defaults(run=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cnnlab.models import MODELS
 
@@ -353,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input shape (default: 1 28 28, or 3 32 32 for CIFAR models, 3 224 224 for ResNet-50+)")
     p.add_argument("--num-classes", type=positive_int, default=10, help="default 10")
     p.set_defaults(run=cmd_summary)
+
+    _inspect_parsers(sub)
     return parser
 
 
@@ -361,7 +585,8 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except CLIError as e:
-        print(f"cnnlab {args.command}: error: {e}", file=sys.stderr)
+        command = " ".join([args.command] + ([args.tool] if getattr(args, "tool", None) else []))
+        print(f"cnnlab {command}: error: {e}", file=sys.stderr)
         return 2
 
 

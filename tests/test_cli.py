@@ -115,8 +115,13 @@ def test_predict_reads_transparent_and_16_bit_images(trained, tmp_path, capsys):
 def test_help_describes_every_option():
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices
-    assert set(sub) == {"train", "eval", "predict", "summary"}
-    for name, p in sub.items():
+    assert set(sub) == {"train", "eval", "predict", "summary", "inspect", "report"}
+    tools = sub["inspect"]._subparsers._group_actions[0].choices
+    assert set(tools) == {"filters", "maps", "occlusion", "saliency", "maximize", "top", "tsne", "neighbors",
+                          "confusion", "curves"}
+    commands = {name: p for name, p in sub.items() if name != "inspect"}
+    commands.update({f"inspect {name}": p for name, p in tools.items()})
+    for name, p in commands.items():
         text = p.format_help()
         for action in p._actions:
             for opt in action.option_strings:

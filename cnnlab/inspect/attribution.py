@@ -23,15 +23,14 @@ to the model (no ``.grad`` on parameters, no hooks).
 """
 from __future__ import annotations
 
-import contextlib
 import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from .._errors import InputError
 from ..autograd import Tensor, no_grad
-from ..nn import Conv2d, LocallyConnected2d, Module
+from ..nn import Module
+from ._common import check_channels, image_batch, inspecting, positive_int, shape_errors
 from .layers import capture, get_layer, layer_names
 
 __all__ = ["OcclusionResult", "SaliencyResult", "GradCAMResult",
@@ -74,74 +73,12 @@ class GradCAMResult:
 
 # ----- shared plumbing -----
 
-_NO_ATTRIBUTE = object()
-
-
-@contextlib.contextmanager
-def _inspecting(model: Module):
-    """Eval mode and parameters that do not require gradients, for the duration of the
-    ``with`` block; afterwards every module's ``training`` flag and every parameter's
-    ``requires_grad`` are exactly as they were."""
-    if not isinstance(model, Module):
-        raise TypeError(f"model must be a cnnlab.nn.Module, got {type(model).__name__}")
-    modules = list(model.modules())
-    flags = [vars(m).get("training", _NO_ATTRIBUTE) for m in modules]
-    params = list(model.parameters())
-    wanted = [p.requires_grad for p in params]
-    model.eval()
-    for p in params:
-        p.requires_grad = False
-    try:
-        yield
-    finally:
-        for m, flag in zip(modules, flags):
-            if flag is _NO_ATTRIBUTE:
-                vars(m).pop("training", None)  # back to the class default
-            else:
-                m.training = flag
-        for p, rg in zip(params, wanted):
-            p.requires_grad = rg
-
-
-def _model_dtype(model: Module):
-    for p in model.parameters():
-        if p.data.dtype.kind == "f":
-            return p.data.dtype
-    return np.dtype(np.float32)
-
-
 def _prepare(model: Module, image, where: str):
     """The image as a float (N, C, H, W) array in the model's dtype, and whether a single
-    (C, H, W) image was given."""
-    if not isinstance(model, Module):
-        raise TypeError(f"{where}: model must be a cnnlab.nn.Module, got {type(model).__name__}")
-    if isinstance(image, Tensor):
-        image = image.data
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{where}: image must be a numpy.ndarray or cnnlab.Tensor, got {type(image).__name__}")
-    if image.ndim not in (3, 4):
-        raise ValueError(f"{where}: expected an image (C, H, W) or a batch of images (N, C, H, W), "
-                         f"got shape {image.shape}")
-    if image.dtype.kind not in "fiu":
-        raise ValueError(f"{where}: expected a numeric image, got dtype {image.dtype}")
-    single = image.ndim == 3
-    x = np.ascontiguousarray(image[None] if single else image, dtype=_model_dtype(model))
-    first = next((m for m in model.modules() if isinstance(m, (Conv2d, LocallyConnected2d))), None)
-    if first is not None and first.in_channels != x.shape[1]:
-        name = next(n for n, m in model.named_modules() if m is first) or type(model).__name__
-        raise ValueError(f"{where}: the model expects images with {first.in_channels} channels (its first "
-                         f"convolution {name!r} is {first._short_repr()}), got {x.shape[1]} channels in an "
-                         f"image of shape {image.shape}")
+    (C, H, W) image was given; a wrong channel count is refused before any forward pass."""
+    x, single = image_batch(model, image, where)
+    check_channels(model, x, where)
     return x, single
-
-
-def _forward_checked(model: Module, x: np.ndarray, where: str, fn):
-    """``fn(x)``, a first pass of ``model`` over ``x``, turning the model's own input
-    error into one that says which image shape it refused."""
-    try:
-        return fn(x)
-    except InputError as e:
-        raise ValueError(f"{where}: the model does not accept images of shape {x.shape[1:]} (C, H, W): {e}") from None
 
 
 def _logits(model: Module, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -176,12 +113,6 @@ def _targets(target, logits: np.ndarray, where: str) -> np.ndarray:
         raise ValueError(f"{where}: target class {int(bad[0])} is out of range: the model has {k} classes "
                          f"(0 to {k - 1})")
     return t.astype(np.int64)
-
-
-def _positive_int(value, name, where):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _unbatch(single: bool, *arrays):
@@ -310,13 +241,14 @@ def occlusion(model: Module, image, target=None, patch: int = 8, stride: int = 4
     where = "occlusion"
     x, single = _prepare(model, image, where)
     n, c, h, w = x.shape
-    patch = _positive_int(patch, "patch", where)
-    stride = patch if coarse else _positive_int(stride, "stride", where)
-    batch_size = _positive_int(batch_size, "batch_size", where)
+    patch = positive_int(patch, "patch", where)
+    stride = patch if coarse else positive_int(stride, "stride", where)
+    batch_size = positive_int(batch_size, "batch_size", where)
     if patch > min(h, w):
         raise ValueError(f"{where}: patch ({patch}) must be at most the image's height and width, got {h}x{w}")
-    with _inspecting(model):
-        base_logits = _forward_checked(model, x, where, lambda a: _logits(model, a, batch_size))
+    with inspecting(model, where, freeze=True):
+        with shape_errors(where, x.shape[1:]):
+            base_logits = _logits(model, x, batch_size)
         targets = _targets(target, base_logits, where)
         probs = _softmax(base_logits.astype(np.float64))[np.arange(n), targets]
         rows, cols = _patch_starts(h, patch, stride), _patch_starts(w, patch, stride)
@@ -352,9 +284,10 @@ def occlusion(model: Module, image, target=None, patch: int = 8, stride: int = 4
 
 def _input_gradient(model: Module, x: np.ndarray, target, where: str):
     """d(score of the target)/d(input) for every image of x (N, C, H, W), one backward
-    pass: (gradient (N, C, H, W), targets (N,), scores (N,)). Expects ``_inspecting``."""
+    pass: (gradient (N, C, H, W), targets (N,), scores (N,)). Expects ``inspecting(model, freeze=True)``."""
     xt = Tensor(x.copy(), requires_grad=True)
-    logits = _forward_checked(model, x, where, lambda a: model(xt))
+    with shape_errors(where, x.shape[1:]):
+        logits = model(xt)
     targets = _targets(target, logits.data, where)
     # the images do not interact in eval mode, so one backward of the summed scores
     # gives each image the gradient of its own score
@@ -383,7 +316,7 @@ def saliency(model: Module, image, target=None) -> SaliencyResult:
     """
     where = "saliency"
     x, single = _prepare(model, image, where)
-    with _inspecting(model):
+    with inspecting(model, where, freeze=True):
         grad, targets, scores = _input_gradient(model, x, target, where)
     heat, grad, t, s = _unbatch(single, np.abs(grad).max(axis=1), grad, targets, scores)
     return SaliencyResult(heatmap=heat, gradient=grad, target=t, score=s)
@@ -415,13 +348,14 @@ def smoothgrad(model: Module, image, target=None, samples: int = 25, noise: floa
     """
     where = "smoothgrad"
     x, single = _prepare(model, image, where)
-    samples = _positive_int(samples, "samples", where)
-    batch_size = _positive_int(batch_size, "batch_size", where)
+    samples = positive_int(samples, "samples", where)
+    batch_size = positive_int(batch_size, "batch_size", where)
     if not isinstance(noise, numbers.Real) or noise < 0:
         raise ValueError(f"{where}: noise must be a non-negative number, got {noise!r}")
     rng = np.random.default_rng(seed)
-    with _inspecting(model):
-        logits = _forward_checked(model, x, where, lambda a: _logits(model, a, batch_size))
+    with inspecting(model, where, freeze=True):
+        with shape_errors(where, x.shape[1:]):
+            logits = _logits(model, x, batch_size)
         targets = _targets(target, logits, where)
         scores = logits[np.arange(len(x)), targets]
         # one noise pattern, scaled to each image's range, so that a batch gives the same
@@ -471,10 +405,11 @@ def grad_cam(model: Module, image, layer: str, target=None) -> GradCAMResult:
     if not isinstance(layer, str):
         raise TypeError(f"{where}: layer must be a layer's name (str), got {type(layer).__name__}")
     get_layer(model, layer)  # a ValueError listing the valid names
-    with _inspecting(model):
+    with inspecting(model, where, freeze=True):
         # the input requires a gradient only so that the pass is recorded on the tape
         xt = Tensor(x.copy(), requires_grad=True)
-        caught = _forward_checked(model, x, where, lambda a: capture(model, xt, [layer], grad=True))
+        with shape_errors(where, x.shape[1:]):
+            caught = capture(model, xt, [layer], grad=True)
         if layer not in caught:
             raise ValueError(f"{where}: layer {layer!r} did not run (or did not output a Tensor) in the "
                              f"forward pass; choose a layer on the path from input to output")

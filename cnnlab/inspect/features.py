@@ -5,77 +5,19 @@ Linear layer receives (or any layer's output, flattened). In that space images o
 class lie close together even when their pixels differ: :func:`nearest_neighbors`
 against :func:`pixel_neighbors` shows the difference, :func:`embed` draws the space in
 2-D (t-SNE or PCA), and :func:`knn_accuracy` measures how well the classes separate.
-
-The dataset helpers here (:func:`_dataset_arrays`, :func:`_batches`) are shared with
-:mod:`cnnlab.inspect.top` and :mod:`cnnlab.inspect.metrics`.
 """
 from __future__ import annotations
-
-import numbers
 
 import numpy as np
 
 from ..autograd import Tensor, no_grad
 from ..nn import Linear, Module, observe_calls
+from ._common import as_float_array, dataset_arrays, inspecting, iter_batches, positive_int, shape_errors
 from .layers import capture, get_layer
-from .maps import _as_float_array, _eval_mode, _model_dtype, _shape_errors
 
 METHODS = ("tsne", "pca")
 METRICS = ("euclidean", "cosine")
 _ROWS = 1024  # rows of a distance matrix computed at a time: N x 1024 float64 stays small
-
-
-def _positive_int(value, name: str, where: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _dataset_arrays(data, transform, where: str):
-    """(images (N, C, H, W), labels (N,) or None, transform) from what the caller has:
-
-    - a :class:`cnnlab.data.DataLoader`: its dataset, and its transform unless one is given
-      (its order, shuffling and batch size are not used: images are read in dataset order,
-      so indices refer to the dataset);
-    - a dataset with ``images`` and ``labels`` arrays (an :class:`ArrayDataset`);
-    - a pair ``(images, labels)``, or an images array alone.
-    """
-    loader_transform = None
-    if hasattr(data, "dataset") and hasattr(data, "transform"):
-        loader_transform, data = data.transform, data.dataset
-    if hasattr(data, "images"):
-        images, labels = data.images, getattr(data, "labels", None)
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        images, labels = data
-    elif isinstance(data, (np.ndarray, Tensor)):
-        images, labels = data, None
-    else:
-        raise TypeError(f"{where}: expected a DataLoader, a dataset with images and labels, a pair "
-                        f"(images, labels) or an images array, got {type(data).__name__}")
-    images = images.data if isinstance(images, Tensor) else np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"{where}: images must be 4-D (N, C, H, W), got shape {images.shape}")
-    if labels is not None:
-        labels = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"{where}: labels must have shape ({images.shape[0]},) to match images "
-                             f"{images.shape}, got {labels.shape}")
-    transform = loader_transform if transform is None else transform
-    if transform is not None and not callable(transform):
-        raise TypeError(f"{where}: transform must be callable (x, rng) -> x, got {type(transform).__name__}")
-    return images, labels, transform
-
-
-def _batches(model: Module, images: np.ndarray, batch_size: int, transform, where: str, limit: int = None):
-    """(start index, batch) over ``images`` in order: uint8 pixels divided by 255 (as the
-    DataLoader does), then ``transform(x, rng)``, then cast to the model's dtype."""
-    n = len(images) if limit is None else min(limit, len(images))
-    dtype = _model_dtype(model)
-    for b, lo in enumerate(range(0, n, batch_size)):
-        x = _as_float_array(images[lo:min(lo + batch_size, n)], where, "images").astype(np.float32, copy=False)
-        if transform is not None:
-            x = transform(x, np.random.default_rng((0, 0, b)))
-        yield lo, np.asarray(x).astype(dtype, copy=False)
 
 
 def _last_linear_input(model: Module, x: Tensor, where: str) -> np.ndarray:
@@ -116,15 +58,15 @@ def extract_features(model: Module, dataset_or_loader, layer: str = None, batch_
         (features, labels): features (N, D); labels (N,) int64, or None without labels.
     """
     where = "extract_features"
-    images, labels, transform = _dataset_arrays(dataset_or_loader, transform, where)
-    batch_size = _positive_int(batch_size, "batch_size", where)
+    images, labels, transform = dataset_arrays(dataset_or_loader, transform, where)
+    batch_size = positive_int(batch_size, "batch_size", where)
     if limit is not None:
-        limit = _positive_int(limit, "limit", where)
+        limit = positive_int(limit, "limit", where)
     if layer is not None:
         get_layer(model, layer)  # a bad name fails here, listing the valid ones
     chunks = []
-    with _eval_mode(model), _shape_errors(where, images.shape[1:]):
-        for _, x in _batches(model, images, batch_size, transform, where, limit):
+    with inspecting(model, where), shape_errors(where, images.shape[1:]):
+        for _, x in iter_batches(model, images, batch_size, transform, where, limit):
             if layer is None:
                 f = _last_linear_input(model, Tensor(x), where)
             else:
@@ -155,7 +97,7 @@ def embed(features, method: str = "tsne", seed: int = 0, perplexity: float = 30.
     where = "embed"
     if method not in METHODS:
         raise ValueError(f"{where}: method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
-    x = _as_float_array(features, where, "features")
+    x = as_float_array(features, where, "features")
     if x.ndim != 2:
         raise ValueError(f"{where}: features must be 2-D (N, D), got shape {x.shape}")
     if len(x) < 3:
@@ -173,8 +115,12 @@ def embed(features, method: str = "tsne", seed: int = 0, perplexity: float = 30.
     if not 0 < perplexity < len(x):
         raise ValueError(f"{where}: perplexity must lie between 0 and the number of points ({len(x)}), "
                          f"got {perplexity!r}")
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
     tsne = TSNE(n_components=2, perplexity=float(perplexity), init="pca", learning_rate="auto", random_state=seed)
-    return tsne.fit_transform(x.astype(np.float64))
+    # one thread: t-SNE's many small steps gain nothing from more, and on a busy machine
+    # spinning OpenMP and BLAS threads made 1000 points take 40 s instead of 2
+    with threadpool_limits(limits=1):
+        return tsne.fit_transform(x.astype(np.float64))
 
 
 def _sq_distances(q: np.ndarray, x: np.ndarray, x_sq: np.ndarray) -> np.ndarray:
@@ -196,14 +142,14 @@ def knn_accuracy(points, labels, k: int = 10) -> float:
         k: neighbours that vote, 1 <= k < N.
     """
     where = "knn_accuracy"
-    x = _as_float_array(points, where, "points").astype(np.float64)
+    x = as_float_array(points, where, "points").astype(np.float64)
     y = np.asarray(labels)
     if x.ndim != 2:
         raise ValueError(f"{where}: points must be 2-D (N, D), got shape {x.shape}")
     if y.shape != (len(x),) or y.dtype.kind not in "iu":
         raise ValueError(f"{where}: labels must be ({len(x)},) integers to match points {x.shape}, "
                          f"got shape {y.shape} dtype {y.dtype}")
-    k = _positive_int(k, "k", where)
+    k = positive_int(k, "k", where)
     if k >= len(x):
         raise ValueError(f"{where}: k must be below the number of points ({len(x)}), got {k}")
     classes, y = np.unique(y, return_inverse=True)
@@ -236,14 +182,14 @@ def nearest_neighbors(query_features, features, k: int = 5, metric: str = "eucli
     where = "nearest_neighbors"
     if metric not in METRICS:
         raise ValueError(f"{where}: metric must be one of {', '.join(map(repr, METRICS))}, got {metric!r}")
-    q = _as_float_array(query_features, where, "query_features").astype(np.float64)
-    x = _as_float_array(features, where, "features").astype(np.float64)
+    q = as_float_array(query_features, where, "query_features").astype(np.float64)
+    x = as_float_array(features, where, "features").astype(np.float64)
     if q.ndim == 1:
         q = q[None]
     if x.ndim != 2 or q.ndim != 2 or q.shape[1] != x.shape[1]:
         raise ValueError(f"{where}: expected query_features (Q, D) and features (N, D) with the same D, "
                          f"got {q.shape} and {x.shape}")
-    k = _positive_int(k, "k", where)
+    k = positive_int(k, "k", where)
     if k > len(x):
         raise ValueError(f"{where}: k must be at most the number of features ({len(x)}), got {k}")
     if metric == "cosine":
@@ -263,8 +209,8 @@ def pixel_neighbors(query_images, images, k: int = 5) -> np.ndarray:
     feature-space neighbours, it makes the point that pixel distance finds images that
     look alike (same thickness, same position), not images of the same class."""
     where = "pixel_neighbors"
-    q = _as_float_array(query_images, where, "query_images")
-    x = _as_float_array(images, where, "images")
+    q = as_float_array(query_images, where, "query_images")
+    x = as_float_array(images, where, "images")
     if q.ndim == x.ndim - 1:
         q = q[None]
     if x.ndim < 2 or q.shape[1:] != x.shape[1:]:

@@ -11,8 +11,7 @@ import numpy as np
 from ..autograd import Tensor
 from ..nn import Module
 from ..train import evaluate
-from .features import _batches, _dataset_arrays, _positive_int
-from .maps import _eval_mode, _shape_errors
+from ._common import dataset_arrays, inspecting, iter_batches, positive_int, shape_errors
 
 
 @dataclass
@@ -49,14 +48,14 @@ def confusion_matrix(model: Module, dataset_or_loader, batch_size: int = 256, tr
         num_classes: K; default the width of the model's output.
     """
     where = "confusion_matrix"
-    images, labels, transform = _dataset_arrays(dataset_or_loader, transform, where)
+    images, labels, transform = dataset_arrays(dataset_or_loader, transform, where)
     if labels is None:
         raise ValueError(f"{where}: the dataset has no labels")
-    batch_size = _positive_int(batch_size, "batch_size", where)
+    batch_size = positive_int(batch_size, "batch_size", where)
     labels = labels.astype(np.int64)
     batches = ((Tensor(x), Tensor(labels[lo:lo + len(x)]))
-               for lo, x in _batches(model, images, batch_size, transform, where))
-    with _eval_mode(model), _shape_errors(where, images.shape[1:]):
+               for lo, x in iter_batches(model, images, batch_size, transform, where))
+    with inspecting(model, where), shape_errors(where, images.shape[1:]):
         result = evaluate(model, batches, num_classes=num_classes)
     counts = np.asarray(result["confusion"], dtype=np.int64)
     totals = counts.sum(axis=1, keepdims=True)

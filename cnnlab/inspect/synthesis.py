@@ -26,7 +26,8 @@ import numpy as np
 
 from ..autograd import Tensor
 from ..nn import Module
-from .attribution import _forward_checked, _inspecting, _model_dtype, _prepare, gaussian_blur
+from ._common import check_channels, check_model, inspecting, model_dtype, shape_errors
+from .attribution import gaussian_blur
 from .layers import capture, get_layer
 
 __all__ = ["SynthesisResult", "maximize_activation"]
@@ -131,8 +132,7 @@ def maximize_activation(model: Module, layer: str = None, channel: int = None, t
         True
     """
     where = "maximize_activation"
-    if not isinstance(model, Module):
-        raise TypeError(f"{where}: model must be a cnnlab.nn.Module, got {type(model).__name__}")
+    check_model(model, where)
     if shape is None or len(tuple(shape)) != 3:
         raise ValueError(f"{where}: shape must be the model's input shape (C, H, W), got {shape!r}")
     c, h, w = (int(v) for v in shape)
@@ -147,8 +147,8 @@ def maximize_activation(model: Module, layer: str = None, channel: int = None, t
                              f"int, got {value!r}")
     if layer is not None:
         get_layer(model, layer)  # a ValueError listing the valid names
-    dtype = _model_dtype(model)
-    _prepare(model, np.zeros((c, h, w), dtype), where)  # the channel count, checked against the first conv
+    dtype = model_dtype(model)
+    check_channels(model, np.zeros((1, c, h, w), dtype), where)
     mu = _per_channel(mean, c, "mean", 0.0)
     sd = _per_channel(std, c, "std", 1.0)
     if np.any(sd <= 0):
@@ -190,9 +190,10 @@ def maximize_activation(model: Module, layer: str = None, channel: int = None, t
         unit.backward()
         return float(unit.data), x.grad[0].astype(np.float64) / sd
 
-    with _inspecting(model):
+    with inspecting(model, where, freeze=True):
         u = np.clip(centre + 0.01 * rng.standard_normal((c, h, w)), 0.0, 1.0)
-        start, _ = _forward_checked(model, np.zeros((1, c, h, w), dtype), where, lambda a: objective(u, False))
+        with shape_errors(where, (c, h, w)):
+            start, _ = objective(u, False)
         history = np.empty(steps)
         for step in range(steps):
             dy, dx = rng.integers(-jitter, jitter + 1, size=2) if jitter else (0, 0)

@@ -23,9 +23,9 @@ from ..autograd import Tensor
 from ..functional.conv import resolve_padding
 from ..nn import AvgPool2d, Conv2d, LocallyConnected2d, MaxPool2d, Module, observe_calls
 from ..summary import summary
-from .features import _batches, _dataset_arrays, _positive_int
+from ._common import (as_float_array, dataset_arrays, inspecting, iter_batches, model_dtype, positive_int,
+                      shape_errors)
 from .layers import capture, get_layer
-from .maps import _as_float_array, _eval_mode, _model_dtype, _shape_errors
 
 
 @dataclass
@@ -86,8 +86,8 @@ def receptive_field(model: Module, input_shape, layer: str) -> ReceptiveField:
             return
         calls.append((m, args[0] if args else None, out))
 
-    with _eval_mode(model), _shape_errors(where, input_shape), observe_calls(observe):
-        info = summary(model, input_shape, dtype=_model_dtype(model), verbose=False).layers
+    with inspecting(model, where), shape_errors(where, input_shape), observe_calls(observe):
+        info = summary(model, input_shape, dtype=model_dtype(model), verbose=False).layers
     assert len(info) == len(calls), "receptive_field: summary reported other layer calls than were observed"
     if not found or not isinstance(found[0][0], Tensor):
         raise ValueError(f"{where}: layer {layer!r} was not called with a Tensor output in the forward pass")
@@ -183,17 +183,17 @@ def top_activations(model: Module, dataset_or_loader, layer: str, channels=None,
         ValueError: unknown layer, channel out of range, or images the model cannot take.
     """
     where = "top_activations"
-    images, _, transform = _dataset_arrays(dataset_or_loader, transform, where)
-    k = min(_positive_int(k, "k", where), len(images))
-    batch_size = _positive_int(batch_size, "batch_size", where)
+    images, _, transform = dataset_arrays(dataset_or_loader, transform, where)
+    k = min(positive_int(k, "k", where), len(images))
+    batch_size = positive_int(batch_size, "batch_size", where)
     if not len(images):
         raise ValueError(f"{where}: the dataset holds no images")
     get_layer(model, layer)
     rf = receptive_field(model, images.shape[1:], layer)
     chosen = None
     best_v = best_i = best_p = None   # (R, k) running top-k: values, dataset indices, flat positions
-    with _eval_mode(model), _shape_errors(where, images.shape[1:]):
-        for lo, x in _batches(model, images, batch_size, transform, where):
+    with inspecting(model, where), shape_errors(where, images.shape[1:]):
+        for lo, x in iter_batches(model, images, batch_size, transform, where):
             act = capture(model, Tensor(x), [layer])[layer].data
             if act.ndim not in (2, 4):
                 raise ValueError(f"{where}: layer {layer!r} outputs shape {act.shape}; expected (N, C, H, W) "
@@ -216,7 +216,7 @@ def top_activations(model: Module, dataset_or_loader, layer: str, channels=None,
             best_v, best_i, best_p = (np.take_along_axis(c, order, axis=1) for c in (cand_v, cand_i, cand_p))
     positions = np.stack(np.unravel_index(best_p, spatial), axis=-1).astype(np.int64)
     boxes = np.array([[rf.box(i, j) for i, j in row] for row in positions], dtype=np.int64).reshape(len(chosen), k, 4)
-    patches = [[_as_float_array(images[n, :, t:b, l:r], where, "images").copy()
+    patches = [[as_float_array(images[n, :, t:b, l:r], where, "images").copy()
                 for n, (t, l, b, r) in zip(row_i, row_b)] for row_i, row_b in zip(best_i, boxes)]
     return TopActivations(layer=layer, channels=chosen, indices=best_i.astype(np.int64), values=best_v,
                           positions=positions, boxes=boxes, patches=patches, receptive_field=rf)

@@ -14,8 +14,8 @@ import numpy as np
 from .. import functional as F
 from ..autograd import Tensor, enable_grad
 from ..nn import Conv2d, Module
+from ._common import as_float_array, check_layout, check_model, inspecting, model_dtype, scale01, shape_errors, tile
 from .layers import get_layer
-from .maps import _as_float_array, _check_layout, _eval_mode, _model_dtype, _scale01, _shape_errors, _tile
 
 CHANNELS = ("auto", "rgb", "mean", "all")
 
@@ -25,8 +25,7 @@ def _conv_names(model: Module) -> list:
 
 
 def _first_conv(model: Module, where: str):
-    if not isinstance(model, Module):
-        raise TypeError(f"{where}: model must be a cnnlab.nn.Module, got {type(model).__name__}")
+    check_model(model, where)
     for name, m in model.named_modules():
         if isinstance(m, Conv2d):
             return name, m
@@ -93,12 +92,12 @@ def filter_grid(weights, normalize: str = "each", pad: int = 1, channels: str = 
         columns of KH x KW tiles has H = R * (KH + pad) - pad and W = K * (KW + pad) - pad.
     """
     where = "filter_grid"
-    w = _as_float_array(weights, where, "weights").astype(np.float64)
+    w = as_float_array(weights, where, "weights").astype(np.float64)
     if w.ndim != 4:
         raise ValueError(f"{where}: weights must be 4-D (F, C, KH, KW), got shape {w.shape}")
     if channels not in CHANNELS:
         raise ValueError(f"{where}: channels must be one of {', '.join(map(repr, CHANNELS))}, got {channels!r}")
-    _check_layout(normalize, pad, ncols, where)
+    check_layout(normalize, pad, ncols, where)
     n_filters, c = w.shape[:2]
     if channels == "auto":
         channels = "rgb" if c == 3 else "all"
@@ -107,13 +106,13 @@ def filter_grid(weights, normalize: str = "each", pad: int = 1, channels: str = 
                          f"use channels='mean' or 'all'")
     if channels == "mean":
         w = w.mean(axis=1, keepdims=True)
-    w = _scale01(w, (1, 2, 3) if normalize == "each" else None, 0.5)
+    w = scale01(w, (1, 2, 3) if normalize == "each" else None, 0.5)
     square = ncols or math.ceil(math.sqrt(n_filters))
     if channels == "rgb":
-        return _tile(w.transpose(0, 2, 3, 1), square, int(pad))
+        return tile(w.transpose(0, 2, 3, 1), square, int(pad))
     if w.shape[1] == 1:
-        return _tile(w[:, 0], square, int(pad))
-    return _tile(w.reshape((-1,) + w.shape[2:]), w.shape[1], int(pad))
+        return tile(w[:, 0], square, int(pad))
+    return tile(w.reshape((-1,) + w.shape[2:]), w.shape[1], int(pad))
 
 
 def filter_gradients(model: Module, images, labels, layer: str = None) -> np.ndarray:
@@ -131,7 +130,7 @@ def filter_gradients(model: Module, images, labels, layer: str = None) -> np.nda
     """
     where = "filter_gradients"
     name, conv = _conv_layer(model, layer, where)
-    x = _as_float_array(images, where, "images").astype(_model_dtype(model), copy=False)
+    x = as_float_array(images, where, "images").astype(model_dtype(model), copy=False)
     y = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
     if x.ndim != 4:
         raise ValueError(f"{where}: images must be a batch (N, C, H, W), got shape {x.shape}")
@@ -144,7 +143,7 @@ def filter_gradients(model: Module, images, labels, layer: str = None) -> np.nda
         for p in params:
             p.grad = None
         conv.weight.requires_grad = True
-        with _eval_mode(model), enable_grad(), _shape_errors(where, x.shape[1:]):
+        with inspecting(model, where), enable_grad(), shape_errors(where, x.shape[1:]):
             loss = F.cross_entropy(model(Tensor(x)), Tensor(y.astype(np.int64)))
             loss.backward()
         grad = conv.weight.grad
