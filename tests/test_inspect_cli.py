@@ -98,7 +98,8 @@ def test_report_is_one_self_contained_page(ckpt, tmp_path, capsys):
     for s in sources:
         check_png(base64.b64decode(s.split(",", 1)[1]), least=(150, 100))
     assert re.search(r"Accuracy <b>\d+\.\d\d%</b>", page)
-    assert re.search(r"majority of its 10 nearest neighbours .* is right for <b>\d+\.\d%</b>", page)
+    assert re.search(r"majority of its 10 nearest neighbours is right for <b>\d+\.\d%</b> of them in the plane, "
+                     r"and for <b>\d+\.\d%</b> in the feature space", page)
     assert "<td>0 (Conv2d)</td><td>6x8x8</td><td>156</td>" in page  # the model summary table
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 

@@ -507,10 +507,10 @@ def _show_patch(ax, patch, rf, position, corner, where):
 
 # ----- feature space -----
 
-def embedding(points, labels, classes=None, knn: float = None, method: str = "t-SNE", what: str = None) -> Figure:
+def embedding(points, labels, classes=None, knn=None, method: str = "t-SNE", what: str = None) -> Figure:
     """Points (N, 2) from :func:`cnnlab.inspect.embed`, coloured by class, each class's
     name written at the middle of its points, with a legend and, in the title, the
-    k-NN accuracy (``knn``, a fraction) of the feature space."""
+    10-NN accuracy: ``knn`` is a fraction for the 2-D map, or a pair (2-D map, feature space)."""
     p = np.asarray(points, dtype=np.float64)
     y = np.asarray(labels).astype(np.int64)
     if p.ndim != 2 or p.shape[1] != 2 or y.shape != (len(p),):
@@ -542,7 +542,10 @@ def embedding(points, labels, classes=None, knn: float = None, method: str = "t-
         ax.set_yticks([])
     title = f"{method} of {len(p)} images' {what or 'features'}"
     if knn is not None:
-        title += f"\n10-nearest-neighbour accuracy in the feature space: {knn:.1%}"
+        in_map, in_features = knn if isinstance(knn, tuple) else (knn, None)
+        title += f"\n10-nearest-neighbour accuracy: {in_map:.1%} in this 2-D map"
+        if in_features is not None:
+            title += f", {in_features:.1%} in the feature space"
     ax.set_title(title, fontsize=11)
     return fig
 

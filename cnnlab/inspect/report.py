@@ -371,7 +371,8 @@ def embedding_figure(subject: Subject, samples: int = 1000, method: str = "tsne"
     else:
         f, y = features
     points = embed(f, method=method, perplexity=min(30.0, (len(f) - 1) / 3))
-    acc = knn_accuracy(f, y, k=min(10, len(f) - 1))
+    k = min(10, len(f) - 1)
+    acc = (knn_accuracy(points, y, k=k), knn_accuracy(f, y, k=k))  # in the 2-D map, in the feature space
     what = "penultimate features" if layer is None else f"layer {layer!r} outputs"
     fig = plots.embedding(points, y, subject.classes, knn=acc, method="t-SNE" if method == "tsne" else "PCA",
                           what=f"{what} ({f.shape[1]} numbers each)")
@@ -660,8 +661,9 @@ def build_report(subject: Subject, metrics_path=None, samples: int = 1000, check
     page.add("tsne", "The feature space (t-SNE)",
              _p(f"The {f.shape[1]} numbers the last linear layer receives, for {len(f):,} test images, placed in a "
                 "plane by t-SNE, which keeps neighbours together (distances between clusters mean little). "
-                f"Classifying each image by the majority of its 10 nearest neighbours in the feature space (not the "
-                f"plane) is right for <b>{acc:.1%}</b> of them.") + page.img(fig, "t-SNE"))
+                f"Classifying each image by the majority of its 10 nearest neighbours is right for <b>{acc[0]:.1%}</b> "
+                f"of them in the plane, and for <b>{acc[1]:.1%}</b> in the feature space itself.")
+             + page.img(fig, "t-SNE"))
 
     timed("nearest neighbours")
     page.add("neighbors", "Nearest neighbours: feature space against pixel space",
