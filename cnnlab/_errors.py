@@ -23,6 +23,13 @@ def _shape(x) -> tuple:
     return tuple(getattr(x, "shape", ()))
 
 
+def positive_int(value, name: str, where: str) -> int:
+    """``value`` as an int, which must be a positive integer (not a bool)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def pair(value, name: str, where: str, *, allow_zero: bool = False, allow_negative: bool = False) -> tuple:
     """Normalise an int or a pair of ints to a tuple of two ints, checking the range."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):

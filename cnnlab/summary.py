@@ -136,14 +136,8 @@ def summary(model, input_shape, batch_size: int = 1, dtype=np.float32, verbose: 
             output_shape=tuple(out.shape[1:]), params=own, mult_adds=_mult_adds(m, out),
             receptive_field=field_out, jump=jump_out, activation_bytes=out.data.nbytes))
 
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with no_grad(), nn.observe_calls(observe):
-            model(x)
-    finally:
-        for m, training in modes:  # every layer back in the mode it was in
-            m.training = training
+    with nn.eval_mode(model), no_grad(), nn.observe_calls(observe):
+        model(x)
     params = list(model.parameters())
     result.total_params = sum(p.numel() for p in params)
     result.trainable_params = sum(p.numel() for p in params if p.requires_grad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import InputError
-from ..autograd import Function, Tensor, as_tensor
+from ..autograd import Function, as_tensor
 
 
 def _channel_specs(ndim):

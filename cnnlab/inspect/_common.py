@@ -5,16 +5,15 @@ tiling small images into one."""
 from __future__ import annotations
 
 import contextlib
-import numbers
 
 import numpy as np
 
-from .._errors import InputError
+from .._errors import InputError, positive_int  # noqa: F401  (shared by the inspection tools)
 from ..autograd import Tensor
 from ..nn import Conv2d, LocallyConnected2d, Module
+from ..nn.module import eval_mode, model_dtype  # noqa: F401
 
 NORMALIZE = ("each", "all")
-_NO_ATTRIBUTE = object()
 
 
 def check_model(model, where: str) -> Module:
@@ -34,23 +33,16 @@ def inspecting(model: Module, where: str = "inspect", freeze: bool = False):
     a backward pass computes only the input's gradient; each one's ``requires_grad`` is
     restored afterwards."""
     check_model(model, where)
-    modules = list(model.modules())
-    flags = [vars(m).get("training", _NO_ATTRIBUTE) for m in modules]
     params = list(model.parameters()) if freeze else []
     wanted = [p.requires_grad for p in params]
-    model.eval()
-    for p in params:
-        p.requires_grad = False
-    try:
-        yield model
-    finally:
-        for m, flag in zip(modules, flags):
-            if flag is _NO_ATTRIBUTE:
-                vars(m).pop("training", None)
-            else:
-                m.training = flag
-        for p, rg in zip(params, wanted):
-            p.requires_grad = rg
+    with eval_mode(model):
+        for p in params:
+            p.requires_grad = False
+        try:
+            yield model
+        finally:
+            for p, rg in zip(params, wanted):
+                p.requires_grad = rg
 
 
 @contextlib.contextmanager
@@ -62,21 +54,6 @@ def shape_errors(where: str, shape):
         s = tuple(shape)
         raise ValueError(f"{where}: the model does not accept images of shape {s} (C, H, W) "
                          f"(it cannot take input of shape {s}): {e}") from None
-
-
-def model_dtype(model: Module):
-    """The floating dtype of the model's parameters (float32 if it has none), which its
-    inputs are cast to: the ops do not mix float32 and float64."""
-    for p in model.parameters():
-        if p.data.dtype.kind == "f":
-            return p.data.dtype
-    return np.dtype(np.float32)
-
-
-def positive_int(value, name: str, where: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def as_float_array(x, where: str, name: str) -> np.ndarray:

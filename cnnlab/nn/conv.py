@@ -2,21 +2,14 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from .._errors import pair
+from .._errors import pair, positive_int
 from .. import functional as F
 from ..functional.conv import check_padding_mode, conv_output_size, normalize_padding
 from . import init
 from .module import Module, Parameter
-
-
-def _positive_int(value, name, where):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 class Conv2d(Module):
@@ -57,9 +50,9 @@ class Conv2d(Module):
                  bias=True, padding_mode="zeros", *, untied_bias=False, input_size=None, flip_kernel=False,
                  dtype=np.float32):
         where = type(self).__name__
-        self.in_channels = _positive_int(in_channels, "in_channels", where)
-        self.out_channels = _positive_int(out_channels, "out_channels", where)
-        self.groups = _positive_int(groups, "groups", where)
+        self.in_channels = positive_int(in_channels, "in_channels", where)
+        self.out_channels = positive_int(out_channels, "out_channels", where)
+        self.groups = positive_int(groups, "groups", where)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{where}: in_channels ({in_channels}) and out_channels ({out_channels}) "
                              f"must both be divisible by groups ({groups})")
@@ -127,8 +120,8 @@ class LocallyConnected2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, input_size, stride=1, padding=0, dilation=1,
                  bias=True, padding_mode="zeros", *, dtype=np.float32):
         where = type(self).__name__
-        self.in_channels = _positive_int(in_channels, "in_channels", where)
-        self.out_channels = _positive_int(out_channels, "out_channels", where)
+        self.in_channels = positive_int(in_channels, "in_channels", where)
+        self.out_channels = positive_int(out_channels, "out_channels", where)
         self.kernel_size = pair(kernel_size, "kernel_size", where)
         self.input_size = pair(input_size, "input_size", where)
         self.stride = pair(stride, "stride", where)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from .. import functional as F
-from .conv import _positive_int
+from .._errors import positive_int
 from . import init
 from .module import Module, Parameter
 
@@ -19,8 +19,8 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32):
         where = type(self).__name__
-        self.in_features = _positive_int(in_features, "in_features", where)
-        self.out_features = _positive_int(out_features, "out_features", where)
+        self.in_features = positive_int(in_features, "in_features", where)
+        self.out_features = positive_int(out_features, "out_features", where)
         self.weight = Parameter(np.empty((out_features, in_features), dtype))
         self.bias = Parameter(np.empty((out_features,), dtype)) if bias else None
         self.reset_parameters()
@@ -79,7 +79,7 @@ class PReLU(Module):
     (num_parameters=1) or one per channel (num_parameters=C). Initial slope 0.25."""
 
     def __init__(self, num_parameters: int = 1, init: float = 0.25, *, dtype=np.float32):
-        self.num_parameters = _positive_int(num_parameters, "num_parameters", type(self).__name__)
+        self.num_parameters = positive_int(num_parameters, "num_parameters", type(self).__name__)
         self.weight = Parameter(np.full((num_parameters,), init, dtype))
 
     def forward(self, x):

@@ -38,6 +38,37 @@ def _container_items(value):
     return ()
 
 
+_NO_ATTRIBUTE = object()
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Evaluation mode (dropout off, batch norm on its running statistics) inside the
+    block; afterwards every layer gets back its own mode, so a model that was training
+    with one frozen BatchNorm layer comes back exactly like that (a layer that had no
+    ``training`` attribute of its own goes back to the class default)."""
+    modules = list(model.modules())
+    flags = [vars(m).get("training", _NO_ATTRIBUTE) for m in modules]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in zip(modules, flags):
+            if flag is _NO_ATTRIBUTE:
+                vars(m).pop("training", None)
+            else:
+                m.training = flag
+
+
+def model_dtype(model):
+    """The floating dtype of the model's parameters (float32 if it has none), which its
+    inputs are cast to: the ops do not mix float32 and float64."""
+    for p in model.parameters():
+        if p.data.dtype.kind == "f":
+            return p.data.dtype
+    return np.dtype(np.float32)
+
+
 class Parameter(Tensor):
     """A Tensor that is a trainable parameter of a Module (requires grad by default)."""
 

@@ -6,7 +6,7 @@ import numpy as np
 from .._errors import InputError
 from .. import functional as F
 from ..autograd import Tensor
-from .conv import _positive_int
+from .._errors import positive_int
 from .module import Module, Parameter
 
 
@@ -28,7 +28,7 @@ class _BatchNorm(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
                  dtype=np.float32):
-        self.num_features = _positive_int(num_features, "num_features", type(self).__name__)
+        self.num_features = positive_int(num_features, "num_features", type(self).__name__)
         self.eps, self.momentum = eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         self.weight = Parameter(np.ones(num_features, dtype)) if affine else None

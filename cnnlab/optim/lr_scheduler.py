@@ -23,13 +23,8 @@ import math
 import numbers
 from bisect import bisect_right
 
+from .._errors import positive_int
 from .optimizer import Optimizer
-
-
-def _positive_int(value, name, where):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _check_optimizer(optimizer, where):
@@ -163,7 +158,7 @@ class StepLR(LRScheduler):
     """
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        self.step_size = _positive_int(step_size, "step_size", type(self).__name__)
+        self.step_size = positive_int(step_size, "step_size", type(self).__name__)
         self.gamma = gamma
         super().__init__(optimizer)
 
@@ -223,7 +218,7 @@ class LinearLR(LRScheduler):
             raise ValueError(f"{where}: end_factor must be in [0, 1], got {end_factor!r}")
         self.start_factor = start_factor
         self.end_factor = end_factor
-        self.total_iters = _positive_int(total_iters, "total_iters", where)
+        self.total_iters = positive_int(total_iters, "total_iters", where)
         super().__init__(optimizer)
 
     def get_lr(self):
@@ -262,7 +257,7 @@ class CosineAnnealingLR(LRScheduler):
     """
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        self.T_max = _positive_int(T_max, "T_max", type(self).__name__)
+        self.T_max = positive_int(T_max, "T_max", type(self).__name__)
         self.eta_min = eta_min
         super().__init__(optimizer)
 
@@ -323,10 +318,10 @@ class OneCycleLR(LRScheduler):
         where = type(self).__name__
         _check_optimizer(optimizer, where)
         if total_steps is not None:
-            self.total_steps = _positive_int(total_steps, "total_steps", where)
+            self.total_steps = positive_int(total_steps, "total_steps", where)
         elif epochs is not None and steps_per_epoch is not None:
-            self.total_steps = (_positive_int(epochs, "epochs", where)
-                                * _positive_int(steps_per_epoch, "steps_per_epoch", where))
+            self.total_steps = (positive_int(epochs, "epochs", where)
+                                * positive_int(steps_per_epoch, "steps_per_epoch", where))
         else:
             raise ValueError(f"{where}: give either total_steps, or both epochs and steps_per_epoch")
         if not isinstance(pct_start, numbers.Real) or not 0 <= pct_start <= 1:

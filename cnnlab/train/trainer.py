@@ -28,6 +28,7 @@ import numpy as np
 from .. import functional as F
 from ..random import get_rng_state, set_rng_state
 from ..autograd import no_grad
+from ..nn.module import eval_mode, model_dtype
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
 
 
@@ -49,42 +50,22 @@ class History:
         return self.epochs[-1] if self.epochs else {}
 
 
-def _model_modes(model):
-    return [(m, m.training) for m in model.modules()]
-
-
-def _restore_modes(modes):
-    for m, training in modes:
-        m.training = training
-
-
-def _param_dtype(model):
-    for p in model.parameters():
-        return p.dtype
-    return np.dtype(np.float32)
-
-
 def evaluate(model, loader, num_classes: int = None) -> dict:
     """Cross-entropy loss, accuracy, per-class accuracy and confusion matrix (rows: true
     class) of ``model`` on every batch of ``loader``, in evaluation mode, without the tape.
     Every layer's train/eval mode is restored afterwards. Batches are cast to the model's
     dtype, so float64 models evaluate from the same float32 loader."""
-    modes = _model_modes(model)
-    model.eval()
-    dtype = _param_dtype(model)
+    dtype = model_dtype(model)
     total_loss, count, confusion = 0.0, 0, None
-    try:
-        with no_grad():
-            for x, y in loader:
-                logits = model(x if x.dtype == dtype else x.astype(dtype))
-                total_loss += float(F.cross_entropy(logits, y, reduction="sum").item())
-                k = num_classes or logits.shape[1]
-                if confusion is None:
-                    confusion = np.zeros((k, k), np.int64)
-                np.add.at(confusion, (y.data, logits.data.argmax(axis=1)), 1)
-                count += len(y.data)
-    finally:
-        _restore_modes(modes)
+    with eval_mode(model), no_grad():
+        for x, y in loader:
+            logits = model(x if x.dtype == dtype else x.astype(dtype))
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum").item())
+            k = num_classes or logits.shape[1]
+            if confusion is None:
+                confusion = np.zeros((k, k), np.int64)
+            np.add.at(confusion, (y.data, logits.data.argmax(axis=1)), 1)
+            count += len(y.data)
     if not count:
         raise ValueError("evaluate: the loader yielded no batches")
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
@@ -154,7 +135,7 @@ def fit(model, train_loader, optimizer, epochs: int, *, test_loader=None, schedu
         if metrics_path:
             _drop_metrics_after(metrics_path, start_epoch)
     meta = dict(meta or {}, loader=settings)
-    dtype = _param_dtype(model)
+    dtype = model_dtype(model)
 
     def save(epoch, batch, **extra):
         if checkpoint_path:
