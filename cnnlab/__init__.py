@@ -1,6 +1,7 @@
 """cnnlab: convolutional neural networks from first principles on NumPy."""
 from .autograd import Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad, ones, tensor, zeros
 from .ops import cat, stack
+from .kernels.parallel import get_num_threads, set_num_threads
 from . import functional
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 from .random import manual_seed

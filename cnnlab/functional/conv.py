@@ -7,18 +7,23 @@ How the convolution is computed (forward and backward are next to each other in
 
 1. The input is viewed channels-last (NHWC) and padded. Channels-last keeps each
    window's C values contiguous, so the im2col copy moves long runs of memory.
-2. ``windows`` gives a strided view of every KHxKW window; reshaping it to
-   ``cols`` of shape (N*Ho*Wo, KH*KW*C) is the one im2col copy.
+2. ``windows`` gives a strided view of every KHxKW window; copying it into ``cols`` of
+   shape (N*Ho*Wo, KH*KW*C) is the one im2col copy.
 3. One matrix multiply, ``cols @ W`` with W of shape (KH*KW*C, F), applies every filter at
    every position. Groups become a batch dimension of that multiply.
 4. The result is (N, Ho, Wo, F) in memory and returned as an NCHW *view*, so the next
    convolution finds its input already channels-last.
+
+Steps 2 and 3 run per block of a few images, so that ``cols`` stays in cache, with the
+blocks spread over threads (:mod:`cnnlab.kernels.parallel`).
 
 Backward, for an upstream gradient G of shape (N*Ho*Wo, F):
     dW = cols^T @ G                          weight sharing: a sum over every position
     db = G summed over N, Ho, Wo
     dX = col2im(G @ W^T)                     each window's gradient added back where it came from,
                                               then the padding's adjoint.
+For stride 1, dX is computed as the equivalent gather: G, zero-padded, cross-correlated
+with the flipped kernel (im2col again instead of KH*KW strided scatter-adds).
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import numbers
 import numpy as np
 
 from .._errors import InputError, check_float, check_rank, pair
-from ..kernels import add_windows, out_size, pad2d, pad2d_backward, windows
+from ..kernels import add_windows, out_size, pad2d, pad2d_backward, parallel, windows
 from ..kernels.padding import MODES as PADDING_MODES
 from ..autograd import Function, as_tensor as _as_tensor, unbroadcast
 
@@ -131,81 +136,129 @@ def conv_geometry(in_shape, weight_shape, stride, padding, dilation, groups, pad
 
 # ----- the convolution -----
 class Conv2dFunction(Function):
-    """Grouped 2-D cross-correlation of NCHW input with (F, C/groups, KH, KW) weights."""
+    """Grouped 2-D cross-correlation of NCHW input with (F, C/groups, KH, KW) weights.
+
+    Forward and backward run over blocks of a few images (``kernels.parallel``): each
+    block's im2col matrix is built in a reused, cache-sized workspace and multiplied at
+    once, and blocks are spread over cnnlab's threads. Only the padded input is kept for
+    backward, which rebuilds each block's columns: a copy into cache is cheaper than
+    keeping the KH*KW times larger column matrix in memory."""
 
     @staticmethod
     def forward(ctx, x, w, b, *, stride, pads, dilation, groups, padding_mode):
         n, c, h, wd = x.shape
         f, cg, kh, kw = w.shape
         g, fg = groups, f // groups
-        xp = pad2d(x.transpose(0, 2, 3, 1), pads, padding_mode, axes=(1, 2))        # N Hp Wp C
+        xp = np.ascontiguousarray(pad2d(x.transpose(0, 2, 3, 1), pads, padding_mode, axes=(1, 2)))  # N Hp Wp C
         hp, wp = xp.shape[1:3]
-        win = windows(xp.reshape(n, hp, wp, g, cg), (kh, kw), stride, dilation, axes=(1, 2))
-        _, ho, wo = win.shape[:3]                                                   # N Ho Wo G Cg KH KW
-        m = n * ho * wo
-        cols = win.transpose(3, 0, 1, 2, 5, 6, 4).reshape(g, m, kh * kw * cg)     # im2col: the one copy
+        ho, wo = out_size(hp, kh, stride[0], dilation[0]), out_size(wp, kw, stride[1], dilation[1])
         wmat = w.reshape(g, fg, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, fg)
-        out = np.matmul(cols, wmat).transpose(1, 0, 2).reshape(n, ho, wo, f)       # N Ho Wo F
-        if b is not None:
-            out += b if b.ndim == 1 else b.transpose(1, 2, 0)                       # tied (F,) or untied (F, Ho, Wo)
-        ctx.save_for_backward(cols, wmat)
-        ctx.meta = (x.shape, w.shape, xp.shape, None if b is None else b.ndim, stride, pads, dilation, groups, padding_mode)
+        bias = None if b is None else (b if b.ndim == 1 else b.transpose(1, 2, 0))  # tied (F,) or untied (Ho Wo F)
+        out = np.empty((n, ho, wo, f), x.dtype)                                      # N Ho Wo F
+
+        def block(lo, hi, acc):
+            cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0)         # G M K: im2col, the one copy
+            out_b = out[lo:hi]
+            np.matmul(cols, wmat, out=out_b.reshape(-1, g, fg).transpose(1, 0, 2))
+            if bias is not None:
+                out_b += bias
+
+        parallel.run(parallel.blocks(n, ho * wo, kh * kw * c * x.itemsize), block)
+        ctx.save_for_backward(xp, wmat)
+        ctx.meta = (x.shape, w.shape, None if b is None else b.ndim, stride, pads, dilation, groups, padding_mode)
         return out.transpose(0, 3, 1, 2)                                            # NCHW view of NHWC memory
 
     @staticmethod
     def backward(ctx, grad):
-        cols, wmat = ctx.saved_tensors
-        x_shape, w_shape, xp_shape, b_ndim, stride, pads, dilation, g, padding_mode = ctx.meta
+        xp, wmat = ctx.saved_tensors
+        x_shape, w_shape, b_ndim, stride, pads, dilation, g, padding_mode = ctx.meta
         n, c, h, wd = x_shape
         f, cg, kh, kw = w_shape
-        _, hp, wp, _ = xp_shape
+        fg = f // g
+        _, hp, wp, _ = xp.shape
         _, _, ho, wo = grad.shape
-        gm = grad.transpose(0, 2, 3, 1).reshape(n * ho * wo, g, f // g).transpose(1, 0, 2)  # G M Fg
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            if stride == (1, 1) and padding_mode == "zeros":
-                # only the unpadded part of the input gradient is needed: gather just that
-                dx = _input_grad_by_gather(grad, wmat, g, (kh, kw), dilation, ((pads[0], h), (pads[2], wd)))
-            else:
-                if stride == (1, 1):
-                    dxp = _input_grad_by_gather(grad, wmat, g, (kh, kw), dilation, ((0, hp), (0, wp)))
+        need_dx, need_dw = ctx.needs_input_grad[:2]
+        dx = np.empty((n, h, wd, c), grad.dtype) if need_dx else None               # N H W C
+        gather = stride == (1, 1)
+        if gather:
+            # the input gradient of a stride-1 convolution is a "full" cross-correlation of
+            # the output gradient with the flipped kernel, in/out channels swapped: an
+            # im2col gather instead of col2im's KH*KW strided scatter-adds
+            reach_h, reach_w = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
+            wflip = (wmat.reshape(g, kh, kw, cg, fg)[:, ::-1, ::-1]
+                     .transpose(0, 1, 2, 4, 3).reshape(g, kh * kw * fg, cg))
+            # zeros padding: only the unpadded part of the padded input's gradient is needed
+            (r0, rows), (c0, cols_) = (((pads[0], h), (pads[2], wd)) if padding_mode == "zeros"
+                                       else ((0, hp), (0, wp)))
+
+        def block(lo, hi, acc):
+            nb = hi - lo
+            gb = grad[lo:hi].transpose(0, 2, 3, 1)                                    # nb Ho Wo F
+            if need_dw or not gather:
+                gm = parallel.workspace(1, (nb, ho, wo, f), grad.dtype)
+                np.copyto(gm, gb)
+                gm = gm.reshape(nb * ho * wo, g, fg).transpose(1, 0, 2)              # G M Fg
+            if need_dw:
+                cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0)
+                part = np.matmul(cols.transpose(0, 2, 1), gm)                         # G K Fg
+                if "dw" in acc:
+                    acc["dw"] += part
                 else:
-                    dcols = np.matmul(gm, wmat.transpose(0, 2, 1))                  # G M KH*KW*Cg
-                    dwin = dcols.reshape(g, n, ho, wo, kh, kw, cg).transpose(1, 2, 3, 0, 6, 4, 5)
-                    dxp = add_windows(np.zeros((n, hp, wp, g, cg), grad.dtype), dwin, stride, dilation,
-                                      axes=(1, 2)).reshape(n, hp, wp, c)
-                dx = pad2d_backward(dxp, (n, h, wd, c), pads, padding_mode, axes=(1, 2))
-            dx = dx.transpose(0, 3, 1, 2)
-        if ctx.needs_input_grad[1]:
-            dwmat = np.matmul(cols.transpose(0, 2, 1), gm)                          # G KH*KW*Cg Fg
-            dw = dwmat.reshape(g, kh, kw, cg, f // g).transpose(0, 4, 3, 1, 2).reshape(w_shape)
+                    acc["dw"] = part
+            if not need_dx:
+                return
+            if gather:
+                gp = parallel.workspace(2, (nb, ho + 2 * reach_h, wo + 2 * reach_w, f), grad.dtype)
+                _zero_border(gp, reach_h, reach_w)
+                gp[:, reach_h:reach_h + ho, reach_w:reach_w + wo] = gb
+                gp = gp[:, r0:r0 + rows + reach_h, c0:c0 + cols_ + reach_w]
+                gcols = _im2col(gp, (kh, kw), (1, 1), dilation, g, slot=0)          # G M' KH*KW*Fg
+                if padding_mode == "zeros":
+                    np.matmul(gcols, wflip, out=dx[lo:hi].reshape(-1, g, cg).transpose(1, 0, 2))
+                    return
+                dxp = np.matmul(gcols, wflip).transpose(1, 0, 2).reshape(nb, hp, wp, c)
+            else:  # col2im: each window's gradient added back where it came from
+                dcols = np.matmul(gm, wmat.transpose(0, 2, 1))                        # G M KH*KW*Cg
+                dwin = dcols.reshape(g, nb, ho, wo, kh, kw, cg).transpose(1, 2, 3, 0, 6, 4, 5)
+                dxp = add_windows(np.zeros((nb, hp, wp, g, cg), grad.dtype), dwin, stride, dilation,
+                                  axes=(1, 2)).reshape(nb, hp, wp, c)
+            dx[lo:hi] = pad2d_backward(dxp, (nb, h, wd, c), pads, padding_mode, axes=(1, 2))
+
+        row_bytes = kh * kw * max(c, f) * grad.itemsize
+        accs = parallel.run(parallel.blocks(n, max(ho * wo, h * wd), row_bytes), block)
+        dw = db = None
+        if need_dw:
+            dwmat = accs[0]["dw"]
+            for acc in accs[1:]:                                                      # fixed order: deterministic
+                dwmat = dwmat + acc["dw"]
+            dw = dwmat.reshape(g, kh, kw, cg, fg).transpose(0, 4, 3, 1, 2).reshape(w_shape)
         if b_ndim is not None and ctx.needs_input_grad[2]:
             db = grad.sum(axis=(0, 2, 3)) if b_ndim == 1 else grad.sum(axis=0)
-        return dx, dw, db
+        return None if dx is None else dx.transpose(0, 3, 1, 2), dw, db
 
 
-def _input_grad_by_gather(grad, wmat, groups, kernel, dilation, region):
-    """The input gradient of a stride-1 convolution, computed as a gather: the output
-    gradient, zero-padded by the dilated kernel's reach, cross-correlated with the kernel
-    flipped in both axes and with in/out channels swapped (a "full" convolution).
+def _im2col(src, kernel, stride, dilation, groups, slot):
+    """Columns of every window of ``src`` (nb, H, W, C), channels-last, copied into the
+    calling thread's workspace ``slot``: shape (G, nb*Ho*Wo, KH*KW*C/G), each row one
+    window, ordered (kh, kw, c) to match the weight matrix."""
+    nb, _, _, c = src.shape
+    cg = c // groups
+    (kh, kw) = kernel
+    win = windows(src.reshape(src.shape[:3] + (groups, cg)), kernel, stride, dilation, axes=(1, 2))
+    _, ho, wo = win.shape[:3]                                                       # nb Ho Wo G Cg KH KW
+    cols = parallel.workspace(slot, (groups, nb, ho, wo, kh, kw, cg), src.dtype)
+    np.copyto(cols, win.transpose(3, 0, 1, 2, 5, 6, 4))
+    return cols.reshape(groups, nb * ho * wo, kh * kw * cg)
 
-    Equivalent to col2im(G @ W^T), but an im2col copy plus one matrix multiply moves far
-    less memory than col2im's KH*KW strided scatter-adds. ``region`` = ((row0, rows),
-    (col0, cols)) selects the part of the padded input's gradient to compute.
-    Returns (N, rows, cols, C), channels-last."""
-    n, f, ho, wo = grad.shape
-    (kh, kw), (dh, dw) = kernel, dilation
-    (r0, rows), (c0, cols) = region
-    fg = f // groups
-    cg = wmat.shape[1] // (kh * kw)
-    reach_h, reach_w = dh * (kh - 1), dw * (kw - 1)
-    gp = pad2d(grad.transpose(0, 2, 3, 1), (reach_h, reach_h, reach_w, reach_w), axes=(1, 2))
-    gp = gp[:, r0:r0 + rows + reach_h, c0:c0 + cols + reach_w]
-    win = windows(gp.reshape(gp.shape[:3] + (groups, fg)), kernel, (1, 1), dilation, axes=(1, 2))
-    gcols = win.transpose(3, 0, 1, 2, 5, 6, 4).reshape(groups, n * rows * cols, kh * kw * fg)
-    wflip = (wmat.reshape(groups, kh, kw, cg, fg)[:, ::-1, ::-1]
-             .transpose(0, 1, 2, 4, 3).reshape(groups, kh * kw * fg, cg))
-    return np.matmul(gcols, wflip).transpose(1, 0, 2).reshape(n, rows, cols, groups * cg)
+
+def _zero_border(a, rh, rw):
+    """Zero a (nb, H, W, C) array's outer rh rows and rw columns (the rest is overwritten)."""
+    if rh:
+        a[:, :rh] = 0
+        a[:, -rh:] = 0
+    if rw:
+        a[:, :, :rw] = 0
+        a[:, :, -rw:] = 0
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,

@@ -1,0 +1,165 @@
+"""Running a kernel over blocks of images, on cnnlab's own threads.
+
+Why: NumPy's BLAS parallelises each matrix multiply by itself. A convolution's
+multiplies are skinny (tens of thousands of rows, 16 to 64 columns), and on them BLAS's
+threads spend much of their time waiting for each other, while everything around the
+multiply (the im2col copy, padding, layout changes) runs on one core and streams tens of
+megabytes through memory. Cutting the batch into blocks of a few images, whose im2col
+matrix stays in cache, and handing whole blocks to threads that each call a
+single-threaded BLAS keeps every core busy on data it just wrote.
+
+``blocks`` plans the split, ``run`` executes it, ``workspace`` hands each thread reusable
+scratch memory (fresh multi-megabyte temporaries cost page faults on every call).
+
+Thread counts: :func:`set_num_threads` (default: the process's CPU count, capped by
+``OMP_NUM_THREADS`` if set). While a multi-block kernel runs, BLAS is held to one thread
+through `threadpoolctl`_ (an optional dependency: ``pip install cnnlab[fast]``). Without
+it cnnlab cannot hold BLAS to one thread, so unless ``OMP_NUM_THREADS`` or
+``OPENBLAS_NUM_THREADS`` is 1 every kernel runs as one block, BLAS doing the threading
+as before; results are the same either way up to float rounding.
+
+Determinism: blocks are assigned to threads statically (block i to thread i mod T) and
+each thread reduces its blocks in order, so a given thread count always gives
+bit-identical results.
+
+.. _threadpoolctl: https://github.com/joblib/threadpoolctl
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+# an im2col block of about this many bytes stays in the L2/L3 cache of current CPUs
+TARGET_BLOCK_BYTES = 2 << 20
+
+_lock = threading.Lock()
+_threads: int | None = None
+_pool: ThreadPoolExecutor | None = None
+_blas = None          # threadpoolctl controllers of the loaded BLAS libraries, [] if none
+_local = threading.local()
+
+
+def _default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.strip().isdigit() and int(env) > 0:
+        n = min(n, int(env))
+    return max(n, 1)
+
+
+def get_num_threads() -> int:
+    """Threads cnnlab's kernels use (see :func:`set_num_threads`)."""
+    global _threads
+    if _threads is None:
+        _threads = _default_threads()
+    return _threads
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in cnnlab's convolution kernels (like ``torch.set_num_threads``).
+    Results are bit-identical between runs with the same thread count."""
+    global _threads, _pool
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
+    with _lock:
+        if _pool is not None and n != _threads:
+            _pool.shutdown(wait=True)
+            _pool = None
+        _threads = n
+
+
+def _blas_controllers() -> list:
+    global _blas
+    if _blas is None:
+        try:
+            import threadpoolctl
+        except ImportError:
+            _blas = []
+        else:
+            _blas = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas
+
+
+def _blas_single_threaded_by_env() -> bool:
+    return any(os.environ.get(k, "").strip() == "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"))
+
+
+def can_block() -> bool:
+    """Whether kernels may split work into blocks: only where BLAS can be held to one
+    thread (or already is), since many small multiplies on a multi-threaded BLAS are far
+    slower than one big one."""
+    return bool(_blas_controllers()) or _blas_single_threaded_by_env()
+
+
+def blocks(n: int, rows_per_item: int, row_bytes: int) -> list[tuple[int, int]]:
+    """Split items 0..n into contiguous (lo, hi) blocks whose im2col matrices
+    (rows_per_item rows of row_bytes each per item) are about TARGET_BLOCK_BYTES, with at
+    least one block per thread where there are enough items."""
+    if n <= 1 or not can_block():
+        return [(0, n)]
+    per_block = max(1, TARGET_BLOCK_BYTES // max(rows_per_item * row_bytes, 1))
+    per_block = min(per_block, -(-n // min(get_num_threads(), n)))
+    return [(lo, min(lo + per_block, n)) for lo in range(0, n, per_block)]
+
+
+def run(block_list, fn):
+    """Call ``fn(lo, hi, acc)`` for every block, block i on thread i mod T, and return the
+    list of per-thread accumulators (one per thread that ran; ``acc`` is a dict a thread
+    keeps across its blocks, for reductions such as a weight gradient)."""
+    threads = min(get_num_threads(), len(block_list))
+    if len(block_list) == 1:
+        acc = {}
+        fn(*block_list[0], acc)
+        return [acc]
+
+    def work(t):
+        acc = {}
+        for lo, hi in block_list[t::threads]:
+            fn(lo, hi, acc)
+        return acc
+
+    controllers = _blas_controllers()
+    saved = [c.get_num_threads() for c in controllers]
+    for c in controllers:
+        c.set_num_threads(1)
+    try:
+        if threads == 1:
+            return [work(0)]
+        futures = [_get_pool().submit(work, t) for t in range(1, threads)]
+        first = work(0)  # the calling thread takes a share instead of waiting idle
+        return [first] + [f.result() for f in futures]
+    finally:
+        for c, k in zip(controllers, saved):
+            c.set_num_threads(k)
+
+
+def _get_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(get_num_threads() - 1, 1), thread_name_prefix="cnnlab")
+        return _pool
+
+
+def workspace(slot: int, shape, dtype) -> np.ndarray:
+    """A scratch array of ``shape`` for the calling thread, reused across calls (slot
+    tells apart buffers a kernel needs at the same time). Its contents are garbage; it
+    must not outlive the block that asked for it. Arrays far larger than a block (a
+    whole batch run as one block) are not kept."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    if size > 4 * TARGET_BLOCK_BYTES:
+        return np.empty(shape, dtype)
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    buf = bufs.get(slot)
+    if buf is None or buf.nbytes < size:
+        buf = bufs[slot] = np.empty(max(size, 1), np.uint8)
+    return buf[:size].view(dtype).reshape(shape)
