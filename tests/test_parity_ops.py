@@ -61,6 +61,31 @@ def test_max_pool2d_all_negative_with_padding(dtype):
     check_op("max_pool2d", lambda x: F.max_pool2d(x, 3, 2, 1), lambda x: TF.max_pool2d(x, 3, 2, 1), [x], dtype)
 
 
+@pytest.mark.parametrize("case", ["k2", "k3s2p1", "overlap", "dilation"])
+def test_max_pool2d_ties_go_to_the_first_maximum(case, dtype):
+    """Few distinct values, so most windows hold several maxima: forward, gradient and
+    indices must all pick the first, as PyTorch does."""
+    kw = {"k2": dict(kernel_size=2), "k3s2p1": dict(kernel_size=3, stride=2, padding=1),
+          "overlap": dict(kernel_size=3, stride=1), "dilation": dict(kernel_size=2, stride=1, dilation=2)}[case]
+    x = np.random.default_rng(5).integers(0, 3, (2, 3, 8, 7)).astype(float)
+    check_op("max_pool2d", lambda x: F.max_pool2d(x, return_indices=True, **kw),
+             lambda x: TF.max_pool2d(x, return_indices=True, **kw), [x], dtype)
+
+
+def test_max_pool2d_nan_propagates_like_torch():
+    x = np.random.default_rng(6).standard_normal((1, 2, 6, 6))
+    x[0, 0, 1, 1] = np.nan                 # one NaN in a window
+    x[0, 1, 2, 2] = x[0, 1, 3, 3] = np.nan  # two in one window
+    ours = F.max_pool2d(cnnlab.Tensor(x, requires_grad=True), 2)
+    theirs = TF.max_pool2d(torch.tensor(x, requires_grad=True), 2)
+    np.testing.assert_array_equal(ours.data, theirs.detach().numpy())  # NaNs in the same places
+    g = np.random.default_rng(7).standard_normal(ours.shape)
+    xo, xt = cnnlab.Tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    F.max_pool2d(xo, 2).backward(g)
+    TF.max_pool2d(xt, 2).backward(torch.tensor(g))
+    np.testing.assert_array_equal(xo.grad, xt.grad.numpy())
+
+
 # ----- average pooling -----
 @pytest.mark.parametrize("padding", [0, 1], ids=["pad0", "pad1"])
 @pytest.mark.parametrize("count_include_pad", [True, False], ids=["incl", "excl"])

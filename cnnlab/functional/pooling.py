@@ -69,27 +69,66 @@ def _batched(fn):
 # ----- max pooling -----
 class MaxPool2dFunction(Function):
     """Max over each window; the gradient goes to the first maximum of each window
-    (as in PyTorch), accumulating where windows overlap."""
+    (as in PyTorch), accumulating where windows overlap.
+
+    Both passes loop over the KH*KW window taps, each a strided view of the input the
+    size of the output, instead of copying every window out (im2col) and arg-maxing it:
+    KH*KW vectorised passes over output-sized arrays, no copy of the windows, and the
+    input's memory layout (channels-last after a convolution) carries through."""
 
     @staticmethod
     def forward(ctx, x, *, kernel, stride, dilation, pads):
         xp = pad2d(x, pads, "zeros", value=-np.inf)
-        win = windows(xp, kernel, stride, dilation)                     # N C Ho Wo KH KW
-        flat = win.reshape(win.shape[:4] + (-1,))
-        arg = flat.argmax(axis=-1)
+        win = windows(xp, kernel, stride, dilation)                     # N C Ho Wo KH KW, a view
+        kh, kw = kernel
+        out = win[..., 0, 0].copy(order="K")
+        arg = np.zeros_like(out, dtype=np.uint8 if kh * kw <= 256 else np.int32)  # tap of the first maximum
+        has_nan = np.isnan(x.max()) if x.size else False                # max propagates NaN: one cheap check
+        take = np.empty_like(out, dtype=bool)
+        step = np.empty_like(arg)
+        for t in range(1, kh * kw):
+            tap = win[..., t // kw, t % kw]
+            np.greater(tap, out, out=take)                              # strictly greater: ties keep the first
+            if has_nan:
+                take |= np.isnan(tap)                                   # a NaN wins, as in PyTorch
+            np.maximum(out, tap, out=out)
+            # arg = where(take, t, arg) without a masked copy (slow): arg += take * (t - arg)
+            np.subtract(arg.dtype.type(t), arg, out=step)
+            step *= take
+            arg += step
         ctx.save_for_backward(arg)
         ctx.meta = (x.shape, xp.shape, kernel, stride, dilation, pads)
-        return np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         (arg,) = ctx.saved_tensors
         x_shape, xp_shape, kernel, stride, dilation, pads = ctx.meta
-        dwin = np.zeros(grad.shape + (kernel[0] * kernel[1],), grad.dtype)
-        np.put_along_axis(dwin, arg[..., None], grad[..., None], axis=-1)
-        dwin = dwin.reshape(grad.shape + tuple(kernel))
-        dxp = add_windows(np.zeros(xp_shape, grad.dtype), dwin, stride, dilation)
+        kh, kw = kernel
+        dxp = _zeros_like_layout(xp_shape, grad)
+        dwin = windows(dxp, kernel, stride, dilation, writeable=True)
+        # windows share inputs if a stride is shorter than the (dilated) window
+        overlap = stride[0] < dilation[0] * (kh - 1) + 1 or stride[1] < dilation[1] * (kw - 1) + 1
+        hit = np.empty_like(grad) if overlap else None
+        is_t = np.empty_like(arg, dtype=bool)
+        for t in range(kh * kw):
+            np.equal(arg, t, out=is_t)
+            target = dwin[..., t // kw, t % kw]      # one tap's view never repeats an element
+            if overlap:
+                np.multiply(grad, is_t, out=hit)
+                target += hit
+            else:
+                np.multiply(grad, is_t, out=target)
         return (pad2d_backward(dxp, x_shape, pads),)
+
+
+def _zeros_like_layout(shape, like):
+    """Zeros of NCHW ``shape``, channels-last in memory if ``like`` is, so that gradients
+    keep the layout the convolutions produce."""
+    if like.ndim == 4 and like.strides[1] == like.itemsize and like.shape[1] > 1:
+        n, c, h, w = shape
+        return np.zeros((n, h, w, c), like.dtype).transpose(0, 3, 1, 2)
+    return np.zeros(shape, like.dtype)
 
 
 @_batched

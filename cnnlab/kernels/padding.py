@@ -23,6 +23,14 @@ def padded_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
     return np.pad(np.arange(n), (before, after), mode=_NUMPY_MODE[mode])
 
 
+def _empty_like_layout(shape, x: np.ndarray) -> np.ndarray:
+    """An empty array of ``shape`` whose axes lie in memory in the same order as ``x``'s
+    (so a channels-last input gives a channels-last padded copy)."""
+    order = sorted(range(x.ndim), key=lambda a: -x.strides[a])   # outermost axis first
+    out = np.empty([shape[a] for a in order], dtype=x.dtype)
+    return out.transpose(np.argsort(order))
+
+
 def pad2d(x: np.ndarray, pads, mode: str = "zeros", value: float = 0.0, axes=(2, 3)) -> np.ndarray:
     """Pad ``x`` on ``axes`` (height, width) by ``pads = (top, bottom, left, right)``."""
     top, bottom, left, right = pads
@@ -33,7 +41,8 @@ def pad2d(x: np.ndarray, pads, mode: str = "zeros", value: float = 0.0, axes=(2,
         shape = list(x.shape)
         shape[ha] += top + bottom
         shape[wa] += left + right
-        out = np.full(shape, value, dtype=x.dtype)
+        out = _empty_like_layout(shape, x)
+        out.fill(value)
         inner = [slice(None)] * x.ndim
         inner[ha] = slice(top, top + x.shape[ha])
         inner[wa] = slice(left, left + x.shape[wa])

@@ -17,12 +17,13 @@ def out_size(n: int, kernel: int, stride: int, dilation: int = 1) -> int:
     return (n - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def windows(x: np.ndarray, kernel, stride, dilation=(1, 1), axes=(2, 3)) -> np.ndarray:
+def windows(x: np.ndarray, kernel, stride, dilation=(1, 1), axes=(2, 3), writeable=False) -> np.ndarray:
     """View of every window of ``x``: the two spatial ``axes`` become the output grid
     (Ho, Wo) in place, and the window offsets (KH, KW) are appended as the last two axes.
 
     E.g. NCHW input, axes (2, 3) -> (N, C, Ho, Wo, KH, KW); NHWC, axes (1, 2) ->
-    (N, Ho, Wo, C, KH, KW)."""
+    (N, Ho, Wo, C, KH, KW). ``writeable=True`` is for writing one window tap (one
+    ``[..., i, j]`` slice, which has no repeated elements) at a time."""
     ha, wa = axes
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     ho = out_size(x.shape[ha], kh, sh, dh)
@@ -33,7 +34,7 @@ def windows(x: np.ndarray, kernel, stride, dilation=(1, 1), axes=(2, 3)) -> np.n
     strides[ha], strides[wa] = x.strides[ha] * sh, x.strides[wa] * sw
     shape += [kh, kw]
     strides += [x.strides[ha] * dh, x.strides[wa] * dw]
-    return as_strided(x, tuple(shape), tuple(strides), writeable=False)
+    return as_strided(x, tuple(shape), tuple(strides), writeable=writeable)
 
 
 def add_windows(out: np.ndarray, dwin: np.ndarray, stride, dilation=(1, 1), axes=(2, 3)) -> np.ndarray:
