@@ -1,9 +1,10 @@
-"""The blocked, multi-threaded convolution (cnnlab.kernels.parallel): every way of
-cutting the batch into blocks and spreading them over threads gives PyTorch's values and
-gradients, the same thread count gives bit-identical results, and without threadpoolctl
+"""The blocked, multi-threaded kernels (cnnlab.kernels.parallel): every way of cutting
+the batch into blocks and spreading them over threads gives PyTorch's values and
+gradients (convolution, batch norm, ReLU), the same thread count gives bit-identical results, and without threadpoolctl
 the kernel falls back to one block."""
 import numpy as np
 import pytest
+import torch
 
 import cnnlab
 import cnnlab.functional as F
@@ -22,6 +23,7 @@ def blocking(monkeypatch):
         parallel.set_num_threads(threads)
         # a block target of one byte gives one image per block; larger values merge images
         monkeypatch.setattr(parallel, "TARGET_BLOCK_BYTES", per_block)
+        monkeypatch.setattr(parallel, "MIN_SPLIT_ELEMENTS", 1)    # split even tiny elementwise passes
         if not controllable:
             monkeypatch.setattr(parallel, "_blas_controllers", lambda: [])
             monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -80,6 +82,48 @@ def test_only_some_gradients(blocking):
     for flags in ([True, False], [False, True]):
         check_op("conv2d (blocked, partial grads)", lambda *a: F.conv2d(*a, padding=1),
                  lambda x, w: torch_conv_ref(x, w, None, padding=1), [x, w], np.float64, requires_grad=flags)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", [(5, 3, 4, 4), (7, 4), (4, 2, 6)])
+def test_split_batch_norm_matches_torch(blocking, threads, training, shape, dtype):
+    blocking(threads)
+    rng = np.random.default_rng(3)
+    c = shape[1]
+    x, w, b = rng.standard_normal(shape) * 3 + 1, rng.standard_normal(c), rng.standard_normal(c)
+    rm, rv = rng.standard_normal(c), rng.random(c) + 0.5
+    stats = {}
+
+    def ours(x, w, b):
+        m, v = rm.astype(dtype), rv.astype(dtype)
+        out = F.batch_norm(x, m, v, w, b, training=training)
+        stats["ours"] = (m, v)
+        return out
+
+    def theirs(x, w, b):
+        m, v = torch.tensor(rm.astype(dtype)), torch.tensor(rv.astype(dtype))
+        out = torch.nn.functional.batch_norm(x, m, v, w, b, training=training)
+        stats["theirs"] = (m.numpy(), v.numpy())
+        return out
+
+    check_op("batch_norm (split)", ours, theirs, [x, w, b], dtype)
+    for a, t in zip(stats["ours"], stats["theirs"]):
+        np.testing.assert_allclose(a, t, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_split_relu_matches_torch(blocking, threads, dtype):
+    blocking(threads)
+    x = np.random.default_rng(4).standard_normal((5, 3, 4, 4))
+    check_op("relu (split)", F.relu, torch.relu, [x], dtype)
+
+
+def test_split_covers_axis0(blocking):
+    blocking(3)
+    assert parallel.split(np.zeros((7, 2))) == [(0, 2), (2, 4), (4, 7)]
+    assert parallel.split(np.zeros((2, 2))) == [(0, 1), (1, 2)]
+    assert parallel.split(np.zeros(())) == [(0, 1)]
 
 
 def _train_once(threads, blocking):

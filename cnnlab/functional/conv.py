@@ -200,11 +200,7 @@ class Conv2dFunction(Function):
                 gm = gm.reshape(nb * ho * wo, g, fg).transpose(1, 0, 2)              # G M Fg
             if need_dw:
                 cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0)
-                part = np.matmul(cols.transpose(0, 2, 1), gm)                         # G K Fg
-                if "dw" in acc:
-                    acc["dw"] += part
-                else:
-                    acc["dw"] = part
+                parallel.add_to(acc, "dw", np.matmul(cols.transpose(0, 2, 1), gm))  # G K Fg
             if not need_dx:
                 return
             if gather:
@@ -228,10 +224,7 @@ class Conv2dFunction(Function):
         accs = parallel.run(parallel.blocks(n, max(ho * wo, h * wd), row_bytes), block)
         dw = db = None
         if need_dw:
-            dwmat = accs[0]["dw"]
-            for acc in accs[1:]:                                                      # fixed order: deterministic
-                dwmat = dwmat + acc["dw"]
-            dw = dwmat.reshape(g, kh, kw, cg, fg).transpose(0, 4, 3, 1, 2).reshape(w_shape)
+            dw = parallel.total(accs, "dw").reshape(g, kh, kw, cg, fg).transpose(0, 4, 3, 1, 2).reshape(w_shape)
         if b_ndim is not None and ctx.needs_input_grad[2]:
             db = grad.sum(axis=(0, 2, 3)) if b_ndim == 1 else grad.sum(axis=0)
         return None if dx is None else dx.transpose(0, 3, 1, 2), dw, db

@@ -5,6 +5,7 @@ import numpy as np
 
 from .._errors import InputError
 from ..autograd import Function, as_tensor
+from ..kernels import parallel
 
 
 def _channel_specs(ndim):
@@ -20,29 +21,49 @@ class BatchNormFunction(Function):
     Training normalises by the batch's mean and biased variance (and updates the running
     statistics in place), and backward accounts for both depending on x:
         dx = (gamma / sigma) * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
-    Evaluation normalises by the running statistics, constants for backward."""
+    Evaluation normalises by the running statistics, constants for backward.
+
+    Every pass runs over blocks of the batch on cnnlab's threads (``kernels.parallel``);
+    per-channel sums are added up per thread and then in thread order."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, *, running_mean, running_var, momentum, eps, training):
         total, dot = _channel_specs(x.ndim)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         count = x.size // x.shape[1]
+        blocks = parallel.split(x)
+        x_hat = np.empty_like(x)                     # keeps x's memory layout (channels-last after a conv)
         if training:
-            mean = np.einsum(total, x) / count
-            x_hat = x - mean.reshape(shape)
-            var = np.einsum(dot, x_hat, x_hat) / count
+            mean = parallel.total(parallel.run(
+                blocks, lambda lo, hi, acc: parallel.add_to(acc, "s", np.einsum(total, x[lo:hi]))), "s") / count
+
+            def center(lo, hi, acc):
+                np.subtract(x[lo:hi], mean.reshape(shape), out=x_hat[lo:hi])
+                parallel.add_to(acc, "s", np.einsum(dot, x_hat[lo:hi], x_hat[lo:hi]))
+
+            var = parallel.total(parallel.run(blocks, center), "s") / count
             for run, batch in ((running_mean, mean), (running_var, var * (count / (count - 1)))):
                 if run is not None:
                     run *= 1 - run.dtype.type(momentum)
                     run += run.dtype.type(momentum) * batch
         else:
             mean, var = running_mean.astype(x.dtype, copy=False), running_var.astype(x.dtype, copy=False)
-            x_hat = x - mean.reshape(shape)
         inv_std = (1 / np.sqrt(var + x.dtype.type(eps))).astype(x.dtype, copy=False)
-        x_hat *= inv_std.reshape(shape)
-        out = x_hat * gamma.reshape(shape) if gamma is not None else x_hat.copy()
-        if beta is not None:
-            out += beta.reshape(shape)
+        out = np.empty_like(x)
+
+        def normalize(lo, hi, acc):
+            xh = x_hat[lo:hi]
+            if not training:
+                np.subtract(x[lo:hi], mean.reshape(shape), out=xh)
+            xh *= inv_std.reshape(shape)
+            if gamma is not None:
+                np.multiply(xh, gamma.reshape(shape), out=out[lo:hi])
+            else:
+                out[lo:hi] = xh
+            if beta is not None:
+                out[lo:hi] += beta.reshape(shape)
+
+        parallel.run(blocks, normalize)
         ctx.save_for_backward(x_hat, inv_std, gamma)
         ctx.meta = (shape, count, training)
         return out
@@ -52,15 +73,29 @@ class BatchNormFunction(Function):
         x_hat, inv_std, gamma = ctx.saved_tensors
         shape, count, training = ctx.meta
         total, dot = _channel_specs(g.ndim)
-        sum_g = np.einsum(total, g)
-        sum_gx = np.einsum(dot, g, x_hat)
+        blocks = parallel.split(g)
+
+        def sums(lo, hi, acc):
+            parallel.add_to(acc, "g", np.einsum(total, g[lo:hi]))
+            parallel.add_to(acc, "gx", np.einsum(dot, g[lo:hi], x_hat[lo:hi]))
+
+        accs = parallel.run(blocks, sums)
+        sum_g, sum_gx = parallel.total(accs, "g"), parallel.total(accs, "gx")
         dx = None
         if ctx.needs_input_grad[0]:
             scale = inv_std if gamma is None else inv_std * gamma
-            dx = g * scale.reshape(shape)
-            if training:  # the batch mean and variance depend on x too
-                dx -= x_hat * (scale * sum_gx / count).reshape(shape)
-                dx -= (scale * sum_g / count).reshape(shape)
+            dx = np.empty_like(g)
+            # training: the batch mean and variance depend on x too
+            a, b = (scale * sum_gx / count).reshape(shape), (scale * sum_g / count).reshape(shape)
+
+            def input_grad(lo, hi, acc):
+                d = dx[lo:hi]
+                np.multiply(g[lo:hi], scale.reshape(shape), out=d)
+                if training:
+                    d -= x_hat[lo:hi] * a
+                    d -= b
+
+            parallel.run(blocks, input_grad)
         return dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None
 
 

@@ -26,6 +26,7 @@ bit-identical results.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -108,6 +109,39 @@ def blocks(n: int, rows_per_item: int, row_bytes: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + per_block, n)) for lo in range(0, n, per_block)]
 
 
+# memory-bound elementwise work smaller than this is not worth handing to threads
+MIN_SPLIT_ELEMENTS = 1 << 16
+
+
+def split(x: np.ndarray) -> list[tuple[int, int]]:
+    """Cut axis 0 of ``x`` into one contiguous block per thread, for memory-bound
+    elementwise passes and per-channel sums (which NumPy runs on one core, with the GIL
+    released, so threads do help); one block, the whole of axis 0, for small arrays
+    (callers treat a single block as "do it in one go", which also covers 0-d arrays)."""
+    if x.ndim == 0 or x.size < MIN_SPLIT_ELEMENTS:
+        return [(0, x.shape[0] if x.ndim else 1)]
+    n = x.shape[0]
+    threads = min(get_num_threads(), n)
+    return [(n * t // threads, n * (t + 1) // threads) for t in range(threads)]
+
+
+def total(accs, key):
+    """Sum ``acc[key]`` over the accumulators :func:`run` returned, in thread order (so
+    the rounding, too, depends only on the thread count)."""
+    out = accs[0][key]
+    for acc in accs[1:]:
+        out = out + acc[key]
+    return out
+
+
+def add_to(acc: dict, key: str, value) -> None:
+    """``acc[key] += value``, starting from ``value``."""
+    if key in acc:
+        acc[key] += value
+    else:
+        acc[key] = value
+
+
 def run(block_list, fn):
     """Call ``fn(lo, hi, acc)`` for every block, block i on thread i mod T, and return the
     list of per-thread accumulators (one per thread that ran; ``acc`` is a dict a thread
@@ -153,7 +187,7 @@ def workspace(slot: int, shape, dtype) -> np.ndarray:
     must not outlive the block that asked for it. Arrays far larger than a block (a
     whole batch run as one block) are not kept."""
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize
     if size > 4 * TARGET_BLOCK_BYTES:
         return np.empty(shape, dtype)
     bufs = getattr(_local, "bufs", None)
