@@ -163,7 +163,8 @@ class Conv2dFunction(Function):
             if bias is not None:
                 out_b += bias
 
-        parallel.run(parallel.blocks(n, ho * wo, kh * kw * c * x.itemsize), block)
+        parallel.run(parallel.blocks(n, ho * wo, kh * kw * c * x.itemsize), block,
+                     flops=2 * n * ho * wo * kh * kw * cg * f)
         ctx.save_for_backward(xp, wmat)
         ctx.meta = (x.shape, w.shape, None if b is None else b.ndim, stride, pads, dilation, groups, padding_mode)
         return out.transpose(0, 3, 1, 2)                                            # NCHW view of NHWC memory
@@ -221,7 +222,8 @@ class Conv2dFunction(Function):
             dx[lo:hi] = pad2d_backward(dxp, (nb, h, wd, c), pads, padding_mode, axes=(1, 2))
 
         row_bytes = kh * kw * max(c, f) * grad.itemsize
-        accs = parallel.run(parallel.blocks(n, max(ho * wo, h * wd), row_bytes), block)
+        accs = parallel.run(parallel.blocks(n, max(ho * wo, h * wd), row_bytes), block,
+                            flops=4 * n * ho * wo * kh * kw * cg * f)
         dw = db = None
         if need_dw:
             dw = parallel.total(accs, "dw").reshape(g, kh, kw, cg, fg).transpose(0, 4, 3, 1, 2).reshape(w_shape)

@@ -26,6 +26,7 @@ bit-identical results.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -142,14 +143,26 @@ def add_to(acc: dict, key: str, value) -> None:
         acc[key] = value
 
 
-def run(block_list, fn):
+# a multiply below this many flops is done before BLAS's threads would have synchronised
+SMALL_FLOPS = 20_000_000
+
+
+def run(block_list, fn, flops=None):
     """Call ``fn(lo, hi, acc)`` for every block, block i on thread i mod T, and return the
     list of per-thread accumulators (one per thread that ran; ``acc`` is a dict a thread
-    keeps across its blocks, for reductions such as a weight gradient)."""
+    keeps across its blocks, for reductions such as a weight gradient).
+
+    A single block runs in the calling thread; BLAS keeps its own threads then, unless
+    ``flops`` (the block's matrix-multiply work) says the product is too small for them
+    to pay (batch-1 inference: a multi-threaded BLAS can take 10x longer on a busy machine)."""
     threads = min(get_num_threads(), len(block_list))
     if len(block_list) == 1:
         acc = {}
-        fn(*block_list[0], acc)
+        if flops is not None and flops < SMALL_FLOPS and _blas_controllers():
+            with _blas_limited():
+                fn(*block_list[0], acc)
+        else:
+            fn(*block_list[0], acc)
         return [acc]
 
     def work(t):
@@ -158,16 +171,26 @@ def run(block_list, fn):
             fn(lo, hi, acc)
         return acc
 
+    with _blas_limited():
+        if threads == 1:
+            return [work(0)]
+        futures = [_get_pool().submit(work, t) for t in range(1, threads)]
+        try:
+            first = work(0)  # the calling thread takes a share instead of waiting idle
+        finally:
+            rest = [f.result() for f in futures]
+        return [first] + rest
+
+
+@contextlib.contextmanager
+def _blas_limited():
+    """Hold every loaded BLAS to one thread (a no-op without threadpoolctl)."""
     controllers = _blas_controllers()
     saved = [c.get_num_threads() for c in controllers]
     for c in controllers:
         c.set_num_threads(1)
     try:
-        if threads == 1:
-            return [work(0)]
-        futures = [_get_pool().submit(work, t) for t in range(1, threads)]
-        first = work(0)  # the calling thread takes a share instead of waiting idle
-        return [first] + [f.result() for f in futures]
+        yield
     finally:
         for c, k in zip(controllers, saved):
             c.set_num_threads(k)
