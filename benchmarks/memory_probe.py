@@ -51,7 +51,8 @@ def main(argv=None) -> None:
 
     import numpy as np
     if args.framework == "cnnlab":
-        import cnnlab  # noqa: F401  (imported here so that the baseline includes it)
+        import cnnlab  # imported here so that the baseline includes it
+        cnnlab.set_num_threads(args.threads)
         step = cnnlab_step
     else:
         import torch

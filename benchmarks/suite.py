@@ -564,6 +564,7 @@ def section_cold_start(report, settings, monitor) -> None:
 
 def run(args) -> int:
     torch.set_num_threads(args.threads)
+    cnnlab.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
     monitor = LoadMonitor(args.threads)
     report = Report()

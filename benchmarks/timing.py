@@ -215,7 +215,7 @@ def machine_facts(threads: int) -> list:
     return [
         ("date", datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
         ("CPU", f"{cpu_model()} ({os.cpu_count()} logical cores; {', '.join(simd) or 'no AVX2'})"),
-        ("threads", f"{threads} for both (OMP/OPENBLAS/MKL_NUM_THREADS, torch.set_num_threads)"),
+        ("threads", f"{threads} for both (OMP/OPENBLAS/MKL_NUM_THREADS, cnnlab.set_num_threads, torch.set_num_threads)"),
         ("load average at start", f"{load} (1, 5, 15 min)"),
         ("Python", platform.python_version()),
         ("NumPy", f"{np.__version__} ({numpy_blas})"),

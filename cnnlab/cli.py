@@ -514,12 +514,19 @@ def _inspect_parsers(sub):
     p.set_defaults(run=cmd_report)
 
 
+def _threads_option(p) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="threads for cnnlab's kernels (default: the CPU count, or OMP_NUM_THREADS if set); "
+                        "the same seed and thread count give bit-identical results")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cnnlab.models import MODELS
 
     parser = argparse.ArgumentParser(
         prog="cnnlab", description="Convolutional neural networks on NumPy: train, evaluate, predict, inspect.",
-        epilog="Results are reproducible for a given --seed and number of BLAS threads (set OMP_NUM_THREADS).")
+        epilog="Results are reproducible for a given --seed, --threads and number of BLAS threads "
+               "(OMP_NUM_THREADS).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model on a dataset (default: LeNet-5 on the embedded digits)",
@@ -547,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/DATASET-MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    _threads_option(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split",
@@ -556,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     p.add_argument("--split", default="test", choices=("train", "test"), help="default test")
     p.add_argument("--batch-size", type=positive_int, default=500, help="default 500")
+    _threads_option(p)
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files with a checkpoint",
@@ -582,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        from cnnlab.kernels.parallel import set_num_threads
+        set_num_threads(args.threads)
     try:
         return args.run(args)
     except CLIError as e:

@@ -37,6 +37,24 @@ def test_train_resume_continues_to_more_epochs(tmp_path, capsys):
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_threads_option_sets_cnnlab_threads_and_same_threads_repeat_exactly(tmp_path):
+    from cnnlab.kernels import parallel
+    saved = parallel.get_num_threads()
+    try:
+        weights = []
+        for run in ("a", "b"):
+            out = tmp_path / run
+            assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress", "--threads", "2"]) == 0
+            assert parallel.get_num_threads() == 2
+            with np.load(out / "checkpoint.npz") as ckpt:
+                weights.append({k: ckpt[k] for k in ckpt.files if k.startswith("model/")})
+        assert weights[0].keys() and all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
+    finally:
+        parallel.set_num_threads(saved)
+    with pytest.raises(SystemExit):
+        main(["train", "--threads", "0"])
+
+
 def write_image(path, size, mode, value=255):
     arr = np.zeros(size[::-1] + ((3,) if mode == "RGB" else ()), np.uint8)
     arr[size[1] // 4: 3 * size[1] // 4, size[0] // 2 - 1: size[0] // 2 + 1] = value  # a vertical stroke: a "1"
