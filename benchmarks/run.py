@@ -34,14 +34,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def pin_threads(threads: int) -> None:
-    """Make sure the thread variables say ``threads``; if they do not, start this script
-    again with them set (this call then never returns)."""
+    """Make sure the thread variables say ``threads``; if they do not, start the running
+    script (this one, or another benchmark that imports this function) again with them
+    set (this call then never returns)."""
     want = str(threads)
     if all(os.environ.get(name) == want for name in THREAD_VARS):
         return
     assert "numpy" not in sys.modules, "the thread count must be set before NumPy is loaded"
     env = dict(os.environ, **{name: want for name in THREAD_VARS})
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
+    os.execve(sys.executable, [sys.executable, os.path.abspath(sys.argv[0])] + sys.argv[1:], env)
 
 
 def main(argv=None) -> int:
