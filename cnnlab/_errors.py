@@ -32,6 +32,12 @@ def positive_int(value, name: str, where: str) -> int:
 
 def pair(value, name: str, where: str, *, allow_zero: bool = False, allow_negative: bool = False) -> tuple:
     """Normalise an int or a pair of ints to a tuple of two ints, checking the range."""
+    # fast path first: every layer call goes through here, and ABC isinstance checks are slow
+    if type(value) is int and (value >= 1 or (allow_zero and value == 0)):
+        return (value, value)
+    if (type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int
+            and min(value) >= (0 if allow_zero else 1)):
+        return value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         out = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(

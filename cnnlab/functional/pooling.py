@@ -74,7 +74,9 @@ class MaxPool2dFunction(Function):
     Both passes loop over the KH*KW window taps, each a strided view of the input the
     size of the output, instead of copying every window out (im2col) and arg-maxing it:
     KH*KW vectorised passes over output-sized arrays, no copy of the windows, and the
-    input's memory layout (channels-last after a convolution) carries through."""
+    input's memory layout (channels-last after a convolution) carries through. Forward
+    only takes maxima; backward finds each window's first maximum by comparing the taps
+    with the output, so inference never pays for the arg-max."""
 
     @staticmethod
     def forward(ctx, x, *, kernel, stride, dilation, pads):
@@ -82,44 +84,56 @@ class MaxPool2dFunction(Function):
         win = windows(xp, kernel, stride, dilation)                     # N C Ho Wo KH KW, a view
         kh, kw = kernel
         out = win[..., 0, 0].copy(order="K")
-        arg = np.zeros_like(out, dtype=np.uint8 if kh * kw <= 256 else np.int32)  # tap of the first maximum
-        has_nan = np.isnan(x.max()) if x.size else False                # max propagates NaN: one cheap check
-        take = np.empty_like(out, dtype=bool)
-        step = np.empty_like(arg)
         for t in range(1, kh * kw):
-            tap = win[..., t // kw, t % kw]
-            np.greater(tap, out, out=take)                              # strictly greater: ties keep the first
-            if has_nan:
-                take |= np.isnan(tap)                                   # a NaN wins, as in PyTorch
-            np.maximum(out, tap, out=out)
-            # arg = where(take, t, arg) without a masked copy (slow): arg += take * (t - arg)
-            np.subtract(arg.dtype.type(t), arg, out=step)
-            step *= take
-            arg += step
-        ctx.save_for_backward(arg)
-        ctx.meta = (x.shape, xp.shape, kernel, stride, dilation, pads)
+            np.maximum(out, win[..., t // kw, t % kw], out=out)         # propagates NaN, as PyTorch does
+        # a NaN window's gradient goes to PyTorch's choice, its last NaN: only then is
+        # the arg-max needed now (NaN never compares equal to the output in backward)
+        arg = _nan_aware_argmax(win, out) if np.isnan(out).any() else None
+        ctx.save_for_backward(xp, out, arg)
+        ctx.meta = (x.shape, kernel, stride, dilation, pads)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        (arg,) = ctx.saved_tensors
-        x_shape, xp_shape, kernel, stride, dilation, pads = ctx.meta
+        xp, out, arg = ctx.saved_tensors
+        x_shape, kernel, stride, dilation, pads = ctx.meta
         kh, kw = kernel
-        dxp = _zeros_like_layout(xp_shape, grad)
+        win = windows(xp, kernel, stride, dilation)
+        dxp = _zeros_like_layout(xp.shape, grad)
         dwin = windows(dxp, kernel, stride, dilation, writeable=True)
         # windows share inputs if a stride is shorter than the (dilated) window
         overlap = stride[0] < dilation[0] * (kh - 1) + 1 or stride[1] < dilation[1] * (kw - 1) + 1
         hit = np.empty_like(grad) if overlap else None
-        is_t = np.empty_like(arg, dtype=bool)
+        first = np.empty_like(out, dtype=bool)      # this tap holds the window's first maximum
+        found = np.zeros_like(out, dtype=bool)      # an earlier tap did
         for t in range(kh * kw):
-            np.equal(arg, t, out=is_t)
+            if arg is None:
+                np.equal(win[..., t // kw, t % kw], out, out=first)
+                np.greater(first, found, out=first)     # first & ~found
+                found |= first
+            else:
+                np.equal(arg, t, out=first)
             target = dwin[..., t // kw, t % kw]      # one tap's view never repeats an element
             if overlap:
-                np.multiply(grad, is_t, out=hit)
+                np.multiply(grad, first, out=hit)
                 target += hit
             else:
-                np.multiply(grad, is_t, out=target)
+                np.multiply(grad, first, out=target)
         return (pad2d_backward(dxp, x_shape, pads),)
+
+
+def _nan_aware_argmax(win, out):
+    """The tap PyTorch's max pooling picks in each window: the first maximum, or the last
+    NaN if the window holds one (its rule: take a value if it is greater or NaN)."""
+    kh, kw = win.shape[-2:]
+    arg = np.zeros(out.shape, np.int32)
+    best = win[..., 0, 0].copy()
+    for t in range(1, kh * kw):
+        tap = win[..., t // kw, t % kw]
+        take = (tap > best) | np.isnan(tap)
+        np.copyto(best, tap, where=take)
+        arg[take] = t
+    return arg
 
 
 def _zeros_like_layout(shape, like):
