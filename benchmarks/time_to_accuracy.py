@@ -30,7 +30,8 @@ def parse_args(argv=None):
                                                      "cnnlab's cache folder; nothing is downloaded)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="threads for both libraries (default 2)")
     p.add_argument("--target", type=float, default=0.99, help="test accuracy to reach (default 0.99)")
-    p.add_argument("--epochs", type=int, default=8, help="length of the cosine schedule; the most epochs run (default 8)")
+    p.add_argument("--epochs", type=int, default=8,
+                   help="length of the cosine schedule; the most epochs run (default 8)")
     args = p.parse_args(argv)
     if args.threads < 1 or args.epochs < 1 or not 0 < args.target < 1:
         p.error("--threads and --epochs must be positive and --target between 0 and 1")

@@ -136,7 +136,7 @@ class ReLU(Function):
             out = np.maximum(a, 0)
         else:
             out = np.empty_like(a)
-            parallel.run(blocks, lambda lo, hi, acc: np.maximum(a[lo:hi], 0, out=out[lo:hi]))
+            parallel.run(blocks, lambda lo, hi, acc: np.maximum(a[lo:hi], 0, out=out[lo:hi]), blas=False)
         ctx.save_for_backward(out)
         return out
 
@@ -147,7 +147,8 @@ class ReLU(Function):
         if len(blocks) == 1:
             return (g * (out > 0),)
         dx = np.empty_like(g)
-        parallel.run(blocks, lambda lo, hi, acc: np.multiply(g[lo:hi], out[lo:hi] > 0, out=dx[lo:hi]))
+        parallel.run(blocks, lambda lo, hi, acc: np.multiply(g[lo:hi], out[lo:hi] > 0, out=dx[lo:hi]),
+                     blas=False)
         return (dx,)
 
 

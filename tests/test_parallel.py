@@ -13,6 +13,15 @@ from conftest import check_op
 from test_parity_conv import GEOMETRY, torch_conv_ref
 
 
+_workspace = parallel.workspace
+
+
+def poisoned(slot, shape, dtype):
+    a = _workspace(slot, shape, dtype)
+    a.fill(np.nan)
+    return a
+
+
 @pytest.fixture
 def blocking(monkeypatch):
     """Configure blocks of ``per_block`` images on ``threads`` threads; restores the
@@ -24,6 +33,8 @@ def blocking(monkeypatch):
         # a block target of one byte gives one image per block; larger values merge images
         monkeypatch.setattr(parallel, "TARGET_BLOCK_BYTES", per_block)
         monkeypatch.setattr(parallel, "MIN_SPLIT_ELEMENTS", 1)    # split even tiny elementwise passes
+        # scratch memory comes back full of NaN: a kernel that reads before writing shows
+        monkeypatch.setattr(parallel, "workspace", poisoned)
         if not controllable:
             monkeypatch.setattr(parallel, "_blas_controllers", lambda: [])
             monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -154,6 +165,129 @@ def test_without_threadpoolctl_one_block(blocking):
     assert not parallel.can_block()
     assert parallel.blocks(8, 100, 100) == [(0, 8)]
     _conv_case("basic", np.float32)
+    # elementwise passes call no BLAS: they still split
+    assert len(parallel.split(np.zeros((4, 3)))) == 2
+
+
+@pytest.mark.parametrize("batch", [0, 1, 2])
+def test_blocked_conv_small_batches(blocking, batch):
+    blocking(2)
+    _conv_case("basic", np.float64, batch=batch)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_blocked_conv_input_layouts(blocking, layout):
+    blocking(2)
+    rng = np.random.default_rng(8)
+    if layout == "channels_last":
+        x = np.ascontiguousarray(rng.standard_normal((4, 6, 6, 3)).transpose(0, 3, 1, 2))
+    else:
+        x = rng.standard_normal((4, 3, 12, 6))[:, :, ::2]
+    w, b = rng.standard_normal((5, 3, 3, 3)), rng.standard_normal(5)
+    check_op("conv2d (blocked, layouts)", lambda *a: F.conv2d(*a, padding=1),
+             lambda *a: torch_conv_ref(*a, padding=1), [x, w, b], np.float64)
+
+
+def test_inputs_changed_after_forward_do_not_change_gradients(blocking):
+    """Without version counters, ops must save copies, not the caller's arrays: an
+    unpadded conv of a channels-last input, a 1x1 conv, and max pooling."""
+    blocking(2)
+    rng = np.random.default_rng(9)
+    for op in (lambda x, w: F.conv2d(x, w), lambda x, w: F.max_pool2d(F.conv2d(x, w[:, :, :1, :1]), 2)):
+        x0 = np.ascontiguousarray(rng.standard_normal((2, 4, 4, 3)).transpose(0, 3, 1, 2))
+        w0 = rng.standard_normal((2, 3, 3, 3))
+        grads = []
+        for change in (False, True):
+            x, w = cnnlab.Tensor(x0.copy(), requires_grad=True), cnnlab.Tensor(w0.copy(), requires_grad=True)
+            out = op(x, w)
+            if change:
+                x.data *= -2
+                w.data *= 3
+            out.backward(np.ones(out.shape))
+            grads.append((x.grad, w.grad))
+        for a, b in zip(*grads):
+            np.testing.assert_array_equal(a, b)
+    x = cnnlab.Tensor(rng.standard_normal((1, 1, 4, 4)), requires_grad=True)
+    y = F.max_pool2d(x, 2)
+    x.data *= -1
+    y.data += 1
+    y.backward(np.ones(y.shape))
+    assert x.grad.sum() == 4
+
+
+class FakeBLAS:
+    """Stands in for a threadpoolctl controller: records the thread counts it is given."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def get_num_threads(self):
+        return self.n
+
+    def set_num_threads(self, n):
+        self.n = n
+
+
+def test_blas_threads_restored_after_errors_and_overlapping_calls(blocking, monkeypatch):
+    blocking(2)
+    blas = FakeBLAS(8)
+    monkeypatch.setattr(parallel, "_blas_controllers", lambda: [blas])
+    seen = []
+
+    def fn(lo, hi, acc):
+        seen.append(blas.n)
+        if lo == 1:
+            raise KeyError("block 1")
+
+    with pytest.raises(KeyError, match="block 1"):
+        parallel.run([(0, 1), (1, 2), (2, 3), (3, 4)], fn)
+    # thread 0 ran blocks 0 and 2; thread 1 stopped at block 1; BLAS held to one thread, then restored
+    assert seen == [1, 1, 1] and blas.n == 8
+
+    # two threads inside at once: the count is restored once, when the last one leaves
+    import threading
+    inside, release = threading.Barrier(2), threading.Event()
+
+    def hold(lo, hi, acc):
+        inside.wait()
+        release.wait()
+
+    t = threading.Thread(target=lambda: parallel.run([(0, 1)], hold, flops=1))
+    t.start()
+    with parallel._blas_limited():
+        inside.wait()
+        assert blas.n == 1
+    assert blas.n == 1     # the other thread is still inside
+    release.set()
+    t.join()
+    assert blas.n == 8
+    # elementwise passes leave BLAS alone
+    parallel.run([(0, 1), (1, 2)], lambda lo, hi, acc: seen.append(blas.n), blas=False)
+    assert seen[-2:] == [8, 8]
+
+
+def test_first_exception_in_thread_order_is_raised(blocking):
+    blocking(2)
+
+    def fn(lo, hi, acc):
+        raise ValueError(f"block {lo}")
+
+    with pytest.raises(ValueError, match="block 0"):
+        parallel.run([(0, 1), (1, 2)], fn)
+
+
+def test_nested_run_runs_inline(blocking):
+    blocking(2)
+    out = np.zeros(16)
+
+    def inner(lo, hi, acc):
+        out[lo:hi] += 1
+
+    def outer(lo, hi, acc):
+        parallel.run([(lo, lo + 1), (lo + 1, hi)], inner)
+
+    parallel.run([(0, 8), (8, 16)], outer)
+    assert (out == 1).all()
 
 
 def test_blocks_cover_the_batch(blocking):
@@ -170,7 +304,7 @@ def test_workspace_is_reused_per_slot_and_large_arrays_are_not_kept():
     b = parallel.workspace(5, (2, 8), np.float32)
     assert np.shares_memory(a, b)
     assert not np.shares_memory(a, parallel.workspace(6, (4, 4), np.float32))
-    big = parallel.workspace(5, (parallel.TARGET_BLOCK_BYTES,), np.float64)
+    big = parallel.workspace(5, (parallel.WORKSPACE_KEEP_BYTES // 8 + 1,), np.float64)
     assert not np.shares_memory(big, parallel.workspace(5, (4, 4), np.float32))
 
 
@@ -178,3 +312,13 @@ def test_workspace_is_reused_per_slot_and_large_arrays_are_not_kept():
 def test_set_num_threads_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="positive int"):
         parallel.set_num_threads(bad)
+
+
+def test_batch_norm_eval_backward_on_an_empty_batch_warns_nothing():
+    import warnings
+    x = cnnlab.Tensor(np.zeros((0, 3, 2, 2)), requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = F.batch_norm(x, np.zeros(3), np.ones(3), np.ones(3), np.zeros(3), training=False)
+        out.backward(np.zeros(out.shape))
+    assert x.grad.shape == (0, 3, 2, 2)

@@ -84,6 +84,11 @@ def test_max_pool2d_nan_propagates_like_torch():
     F.max_pool2d(xo, 2).backward(g)
     TF.max_pool2d(xt, 2).backward(torch.tensor(g))
     np.testing.assert_array_equal(xo.grad, xt.grad.numpy())
+    # the indices, too, name PyTorch's choice (the last NaN of a window)
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1)):
+        _, io = F.max_pool2d(cnnlab.Tensor(x), return_indices=True, **kw)
+        _, it = TF.max_pool2d(torch.tensor(x), return_indices=True, **kw)
+        np.testing.assert_array_equal(io.data, it.numpy())
 
 
 # ----- average pooling -----

@@ -149,10 +149,13 @@ class Conv2dFunction(Function):
         n, c, h, wd = x.shape
         f, cg, kh, kw = w.shape
         g, fg = groups, f // groups
-        xp = np.ascontiguousarray(pad2d(x.transpose(0, 2, 3, 1), pads, padding_mode, axes=(1, 2)))  # N Hp Wp C
+        xv = x.transpose(0, 2, 3, 1)
+        xp = pad2d(xv, pads, padding_mode, axes=(1, 2))                               # N Hp Wp C
+        # kept for backward: a copy, never the caller's memory, which could change before then
+        xp = xp.copy() if xp is xv else np.ascontiguousarray(xp)
         hp, wp = xp.shape[1:3]
         ho, wo = out_size(hp, kh, stride[0], dilation[0]), out_size(wp, kw, stride[1], dilation[1])
-        wmat = w.reshape(g, fg, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, fg)
+        wmat = w.reshape(g, fg, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, fg).copy()
         bias = None if b is None else (b if b.ndim == 1 else b.transpose(1, 2, 0))  # tied (F,) or untied (Ho Wo F)
         out = np.empty((n, ho, wo, f), x.dtype)                                      # N Ho Wo F
 

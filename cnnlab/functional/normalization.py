@@ -23,8 +23,9 @@ class BatchNormFunction(Function):
         dx = (gamma / sigma) * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
     Evaluation normalises by the running statistics, constants for backward.
 
-    Every pass runs over blocks of the batch on cnnlab's threads (``kernels.parallel``);
-    per-channel sums are added up per thread and then in thread order."""
+    Large inputs run every pass over blocks of the batch on cnnlab's threads
+    (``kernels.parallel.split``); per-channel sums are added up per thread and then in
+    thread order."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, *, running_mean, running_var, momentum, eps, training):
@@ -34,14 +35,16 @@ class BatchNormFunction(Function):
         blocks = parallel.split(x)
         x_hat = np.empty_like(x)                     # keeps x's memory layout (channels-last after a conv)
         if training:
-            mean = parallel.total(parallel.run(
-                blocks, lambda lo, hi, acc: parallel.add_to(acc, "s", np.einsum(total, x[lo:hi]))), "s") / count
+            def channel_sums(lo, hi, acc):
+                parallel.add_to(acc, "s", np.einsum(total, x[lo:hi]))
+
+            mean = parallel.total(parallel.run(blocks, channel_sums, blas=False), "s") / count
 
             def center(lo, hi, acc):
                 np.subtract(x[lo:hi], mean.reshape(shape), out=x_hat[lo:hi])
                 parallel.add_to(acc, "s", np.einsum(dot, x_hat[lo:hi], x_hat[lo:hi]))
 
-            var = parallel.total(parallel.run(blocks, center), "s") / count
+            var = parallel.total(parallel.run(blocks, center, blas=False), "s") / count
             for run, batch in ((running_mean, mean), (running_var, var * (count / (count - 1)))):
                 if run is not None:
                     run *= 1 - run.dtype.type(momentum)
@@ -63,7 +66,7 @@ class BatchNormFunction(Function):
             if beta is not None:
                 out[lo:hi] += beta.reshape(shape)
 
-        parallel.run(blocks, normalize)
+        parallel.run(blocks, normalize, blas=False)
         ctx.save_for_backward(x_hat, inv_std, gamma)
         ctx.meta = (shape, count, training)
         return out
@@ -79,14 +82,14 @@ class BatchNormFunction(Function):
             parallel.add_to(acc, "g", np.einsum(total, g[lo:hi]))
             parallel.add_to(acc, "gx", np.einsum(dot, g[lo:hi], x_hat[lo:hi]))
 
-        accs = parallel.run(blocks, sums)
+        accs = parallel.run(blocks, sums, blas=False)
         sum_g, sum_gx = parallel.total(accs, "g"), parallel.total(accs, "gx")
         dx = None
         if ctx.needs_input_grad[0]:
             scale = inv_std if gamma is None else inv_std * gamma
             dx = np.empty_like(g)
-            # training: the batch mean and variance depend on x too
-            a, b = (scale * sum_gx / count).reshape(shape), (scale * sum_g / count).reshape(shape)
+            if training:  # the batch mean and variance depend on x too
+                a, b = (scale * sum_gx / count).reshape(shape), (scale * sum_g / count).reshape(shape)
 
             def input_grad(lo, hi, acc):
                 d = dx[lo:hi]
@@ -95,7 +98,7 @@ class BatchNormFunction(Function):
                     d -= x_hat[lo:hi] * a
                     d -= b
 
-            parallel.run(blocks, input_grad)
+            parallel.run(blocks, input_grad, blas=False)
         return dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._errors import InputError, check_float, check_rank, pair
 from ..kernels import add_windows, pad2d, pad2d_backward, windows
-from ..autograd import Function, Tensor, as_tensor
+from ..autograd import Function, Tensor, as_tensor, is_grad_enabled
 
 
 def pool_output_size(n: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
@@ -74,66 +74,70 @@ class MaxPool2dFunction(Function):
     Both passes loop over the KH*KW window taps, each a strided view of the input the
     size of the output, instead of copying every window out (im2col) and arg-maxing it:
     KH*KW vectorised passes over output-sized arrays, no copy of the windows, and the
-    input's memory layout (channels-last after a convolution) carries through. Forward
-    only takes maxima; backward finds each window's first maximum by comparing the taps
-    with the output, so inference never pays for the arg-max."""
+    input's memory layout (channels-last after a convolution) carries through. The
+    arg-max (a byte per output) is only tracked when a gradient will be needed
+    (``with_arg``), so inference takes maxima alone."""
 
     @staticmethod
-    def forward(ctx, x, *, kernel, stride, dilation, pads):
-        xp = pad2d(x, pads, "zeros", value=-np.inf)
+    def forward(ctx, x, *, kernel, stride, dilation, pads, with_arg):
+        xp = pad2d(x, pads, "zeros", value=-np.inf, order="K")
         win = windows(xp, kernel, stride, dilation)                     # N C Ho Wo KH KW, a view
-        kh, kw = kernel
-        out = win[..., 0, 0].copy(order="K")
-        for t in range(1, kh * kw):
-            np.maximum(out, win[..., t // kw, t % kw], out=out)         # propagates NaN, as PyTorch does
-        # a NaN window's gradient goes to PyTorch's choice, its last NaN: only then is
-        # the arg-max needed now (NaN never compares equal to the output in backward)
-        arg = _nan_aware_argmax(win, out) if np.isnan(out).any() else None
-        ctx.save_for_backward(xp, out, arg)
-        ctx.meta = (x.shape, kernel, stride, dilation, pads)
+        if not with_arg:
+            kh, kw = kernel
+            out = win[..., 0, 0].copy(order="K")
+            for t in range(1, kh * kw):
+                np.maximum(out, win[..., t // kw, t % kw], out=out)     # propagates NaN, as PyTorch does
+            return out
+        out, arg = _max_and_argmax(win, has_nan=bool(x.size) and np.isnan(x.max()))
+        ctx.save_for_backward(arg)
+        ctx.meta = (x.shape, xp.shape, kernel, stride, dilation, pads)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        xp, out, arg = ctx.saved_tensors
-        x_shape, kernel, stride, dilation, pads = ctx.meta
+        (arg,) = ctx.saved_tensors
+        x_shape, xp_shape, kernel, stride, dilation, pads = ctx.meta
         kh, kw = kernel
-        win = windows(xp, kernel, stride, dilation)
-        dxp = _zeros_like_layout(xp.shape, grad)
+        dxp = _zeros_like_layout(xp_shape, grad)
         dwin = windows(dxp, kernel, stride, dilation, writeable=True)
         # windows share inputs if a stride is shorter than the (dilated) window
         overlap = stride[0] < dilation[0] * (kh - 1) + 1 or stride[1] < dilation[1] * (kw - 1) + 1
         hit = np.empty_like(grad) if overlap else None
-        first = np.empty_like(out, dtype=bool)      # this tap holds the window's first maximum
-        found = np.zeros_like(out, dtype=bool)      # an earlier tap did
+        is_t = np.empty_like(arg, dtype=bool)
         for t in range(kh * kw):
-            if arg is None:
-                np.equal(win[..., t // kw, t % kw], out, out=first)
-                np.greater(first, found, out=first)     # first & ~found
-                found |= first
-            else:
-                np.equal(arg, t, out=first)
+            np.equal(arg, t, out=is_t)
             target = dwin[..., t // kw, t % kw]      # one tap's view never repeats an element
             if overlap:
-                np.multiply(grad, first, out=hit)
+                np.multiply(grad, is_t, out=hit)
                 target += hit
             else:
-                np.multiply(grad, first, out=target)
+                np.multiply(grad, is_t, out=target)
         return (pad2d_backward(dxp, x_shape, pads),)
 
 
-def _nan_aware_argmax(win, out):
-    """The tap PyTorch's max pooling picks in each window: the first maximum, or the last
-    NaN if the window holds one (its rule: take a value if it is greater or NaN)."""
+def _max_and_argmax(win, has_nan):
+    """Each window's maximum and the tap PyTorch's max pooling picks: the first maximum,
+    or, in a window holding NaN, the last NaN (its rule: take a value that is greater, or
+    NaN). ``has_nan``: whether the input holds any NaN (one cheap check up front spares
+    an isnan pass per tap)."""
     kh, kw = win.shape[-2:]
-    arg = np.zeros(out.shape, np.int32)
-    best = win[..., 0, 0].copy()
+    out = win[..., 0, 0].copy(order="K")
+    arg = np.zeros_like(out, dtype=np.uint8 if kh * kw <= 256 else np.int32)
+    take = np.empty_like(out, dtype=bool)
+    step = np.empty_like(arg)
     for t in range(1, kh * kw):
         tap = win[..., t // kw, t % kw]
-        take = (tap > best) | np.isnan(tap)
-        np.copyto(best, tap, where=take)
-        arg[take] = t
-    return arg
+        np.greater(tap, out, out=take)                              # strictly greater: ties keep the first
+        if has_nan:
+            take |= np.isnan(tap)
+            np.copyto(out, tap, where=take)                         # NaN must replace NaN too
+        else:
+            np.maximum(out, tap, out=out)
+        # arg = where(take, t, arg) without a masked copy (slow): arg += take * (t - arg)
+        np.subtract(arg.dtype.type(t), arg, out=step)
+        step *= take
+        arg += step
+    return out, arg
 
 
 def _zeros_like_layout(shape, like):
@@ -149,12 +153,13 @@ def _zeros_like_layout(shape, like):
 def _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     x, kernel, stride, padding, dilation, pads, out_hw = _pool_setup(
         x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
-    out = MaxPool2dFunction.apply(x, kernel=kernel, stride=stride, dilation=dilation, pads=pads)
+    out = MaxPool2dFunction.apply(x, kernel=kernel, stride=stride, dilation=dilation, pads=pads,
+                                  with_arg=is_grad_enabled() and x.requires_grad)
     if not return_indices:
         return out
-    # recompute the arg-max (cheap) to report flat indices into the unpadded H*W plane
+    # recompute the arg-max to report flat indices into the unpadded H*W plane
     win = windows(pad2d(x.data, pads, "zeros", value=-np.inf), kernel, stride, dilation)
-    arg = win.reshape(win.shape[:4] + (-1,)).argmax(axis=-1)
+    _, arg = _max_and_argmax(win, has_nan=bool(x.size) and np.isnan(x.data.max()))
     ki, kj = np.divmod(arg, kernel[1])
     rows = np.arange(out_hw[0])[:, None] * stride[0] - padding[0] + ki * dilation[0]
     cols = np.arange(out_hw[1])[None, :] * stride[1] - padding[1] + kj * dilation[1]

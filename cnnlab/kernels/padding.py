@@ -31,8 +31,12 @@ def _empty_like_layout(shape, x: np.ndarray) -> np.ndarray:
     return out.transpose(np.argsort(order))
 
 
-def pad2d(x: np.ndarray, pads, mode: str = "zeros", value: float = 0.0, axes=(2, 3)) -> np.ndarray:
-    """Pad ``x`` on ``axes`` (height, width) by ``pads = (top, bottom, left, right)``."""
+def pad2d(x: np.ndarray, pads, mode: str = "zeros", value: float = 0.0, axes=(2, 3), order: str = "C") -> np.ndarray:
+    """Pad ``x`` on ``axes`` (height, width) by ``pads = (top, bottom, left, right)``.
+
+    ``order`` (constant modes): ``'C'`` lays the result out C-contiguous in the axis order
+    ``x`` is given in; ``'K'`` keeps ``x``'s memory order (a channels-last array viewed as
+    NCHW stays channels-last)."""
     top, bottom, left, right = pads
     ha, wa = axes
     if not any(pads):
@@ -41,7 +45,7 @@ def pad2d(x: np.ndarray, pads, mode: str = "zeros", value: float = 0.0, axes=(2,
         shape = list(x.shape)
         shape[ha] += top + bottom
         shape[wa] += left + right
-        out = _empty_like_layout(shape, x)
+        out = _empty_like_layout(shape, x) if order == "K" else np.empty(shape, x.dtype)
         out.fill(value)
         inner = [slice(None)] * x.ndim
         inner[ha] = slice(top, top + x.shape[ha])

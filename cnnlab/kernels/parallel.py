@@ -8,15 +8,18 @@ megabytes through memory. Cutting the batch into blocks of a few images, whose i
 matrix stays in cache, and handing whole blocks to threads that each call a
 single-threaded BLAS keeps every core busy on data it just wrote.
 
-``blocks`` plans the split, ``run`` executes it, ``workspace`` hands each thread reusable
-scratch memory (fresh multi-megabyte temporaries cost page faults on every call).
+``blocks`` plans a convolution's split and ``split`` an elementwise pass's (ReLU, batch
+norm); ``run`` executes either, ``total``/``add_to`` reduce per-thread sums, and
+``workspace`` hands each thread reusable scratch memory (fresh multi-megabyte
+temporaries cost page faults on every call).
 
 Thread counts: :func:`set_num_threads` (default: the process's CPU count, capped by
-``OMP_NUM_THREADS`` if set). While a multi-block kernel runs, BLAS is held to one thread
-through `threadpoolctl`_ (an optional dependency: ``pip install cnnlab[fast]``). Without
-it cnnlab cannot hold BLAS to one thread, so unless ``OMP_NUM_THREADS`` or
-``OPENBLAS_NUM_THREADS`` is 1 every kernel runs as one block, BLAS doing the threading
-as before; results are the same either way up to float rounding.
+``OMP_NUM_THREADS`` if set). While a multi-block convolution runs, every BLAS that
+`threadpoolctl`_ finds (an optional dependency: ``pip install cnnlab[fast]``) is held
+to one thread. Without it cnnlab cannot do that, so unless ``OMP_NUM_THREADS`` or
+``OPENBLAS_NUM_THREADS`` is 1 each convolution runs as one block, BLAS doing the
+threading as before (elementwise passes, which call no BLAS, are split either way);
+results are the same up to float rounding.
 
 Determinism: blocks are assigned to threads statically (block i to thread i mod T) and
 each thread reduces its blocks in order, so a given thread count always gives
@@ -36,6 +39,8 @@ import numpy as np
 
 # an im2col block of about this many bytes stays in the L2/L3 cache of current CPUs
 TARGET_BLOCK_BYTES = 2 << 20
+# scratch arrays up to this size are kept per thread for reuse; larger ones are not
+WORKSPACE_KEEP_BYTES = 16 << 20
 
 _lock = threading.Lock()
 _threads: int | None = None
@@ -64,16 +69,27 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in cnnlab's convolution kernels (like ``torch.set_num_threads``).
-    Results are bit-identical between runs with the same thread count."""
+    """Use ``n`` threads in cnnlab's kernels (convolution, batch norm, ReLU), like
+    ``torch.set_num_threads``. Results are bit-identical between runs with the same
+    thread count."""
     global _threads, _pool
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
     with _lock:
         if _pool is not None and n != _threads:
-            _pool.shutdown(wait=True)
+            _pool.shutdown(wait=False)  # work already handed to it still finishes
             _pool = None
         _threads = n
+
+
+def _reset_after_fork() -> None:
+    # a forked child inherits the pool object but not its threads
+    global _pool, _local, _blas_depth, _lock
+    _pool, _local, _blas_depth, _lock = None, threading.local(), 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _blas_controllers() -> list:
@@ -147,53 +163,88 @@ def add_to(acc: dict, key: str, value) -> None:
 SMALL_FLOPS = 20_000_000
 
 
-def run(block_list, fn, flops=None):
+def run(block_list, fn, flops=None, blas=True):
     """Call ``fn(lo, hi, acc)`` for every block, block i on thread i mod T, and return the
     list of per-thread accumulators (one per thread that ran; ``acc`` is a dict a thread
     keeps across its blocks, for reductions such as a weight gradient).
 
-    A single block runs in the calling thread; BLAS keeps its own threads then, unless
-    ``flops`` (the block's matrix-multiply work) says the product is too small for them
-    to pay (batch-1 inference: a multi-threaded BLAS can take 10x longer on a busy machine)."""
+    ``blas``: the blocks multiply matrices, so BLAS is held to one thread while they run
+    on several (pass False for elementwise passes). A single block runs in the calling
+    thread, and BLAS keeps its own threads then, unless ``flops`` (the whole call's
+    matrix-multiply work) says the product is too small for them to pay: on batch-1
+    inference a multi-threaded BLAS can take 10x longer on a busy machine.
+
+    If a block raises, its thread stops, the other threads finish their blocks, and then
+    the first exception in thread order is raised: nothing still writes into the
+    outputs once ``run`` has returned or raised. A ``run`` inside a block runs its blocks in that thread."""
     threads = min(get_num_threads(), len(block_list))
-    if len(block_list) == 1:
+    nested = getattr(_local, "in_run", False)
+    if len(block_list) == 1 or nested:
         acc = {}
-        if flops is not None and flops < SMALL_FLOPS and _blas_controllers():
-            with _blas_limited():
-                fn(*block_list[0], acc)
-        else:
-            fn(*block_list[0], acc)
+        small = flops is not None and flops < SMALL_FLOPS
+        with _blas_limited(blas and small and not nested):
+            for lo, hi in block_list:
+                fn(lo, hi, acc)
         return [acc]
 
     def work(t):
-        acc = {}
-        for lo, hi in block_list[t::threads]:
-            fn(lo, hi, acc)
-        return acc
+        _local.in_run = True
+        try:
+            acc = {}
+            for lo, hi in block_list[t::threads]:
+                fn(lo, hi, acc)
+            return acc
+        finally:
+            _local.in_run = False
 
-    with _blas_limited():
+    with _blas_limited(blas):
         if threads == 1:
             return [work(0)]
         futures = [_get_pool().submit(work, t) for t in range(1, threads)]
+        results, errors = [None] * threads, [None] * threads
         try:
-            first = work(0)  # the calling thread takes a share instead of waiting idle
-        finally:
-            rest = [f.result() for f in futures]
-        return [first] + rest
+            results[0] = work(0)  # the calling thread takes a share instead of waiting idle
+        except BaseException as e:  # noqa: B036 - re-raised below, after the workers finish
+            errors[0] = e
+        for t, f in enumerate(futures, start=1):
+            try:
+                results[t] = f.result()
+            except BaseException as e:  # noqa: B036
+                errors[t] = e
+        for e in errors:
+            if e is not None:
+                raise e
+        return results
+
+
+_blas_depth = 0          # how many threads are inside _blas_limited(True)
+_blas_saved: list = []   # the thread counts to restore when the last one leaves
 
 
 @contextlib.contextmanager
-def _blas_limited():
-    """Hold every loaded BLAS to one thread (a no-op without threadpoolctl)."""
-    controllers = _blas_controllers()
-    saved = [c.get_num_threads() for c in controllers]
-    for c in controllers:
-        c.set_num_threads(1)
+def _blas_limited(active=True):
+    """Hold every BLAS threadpoolctl finds to one thread while any thread is inside (a
+    no-op without threadpoolctl, or when not ``active``). Entries are counted, so
+    overlapping calls from several threads restore the original counts exactly once."""
+    global _blas_depth, _blas_saved
+    controllers = _blas_controllers() if active else []
+    if not controllers:
+        yield
+        return
+    with _lock:
+        if _blas_depth == 0:
+            _blas_saved = [c.get_num_threads() for c in controllers]
+            for c in controllers:
+                c.set_num_threads(1)
+        _blas_depth += 1
     try:
         yield
     finally:
-        for c, k in zip(controllers, saved):
-            c.set_num_threads(k)
+        with _lock:
+            _blas_depth -= 1
+            if _blas_depth == 0:
+                for c, k in zip(controllers, _blas_saved):
+                    c.set_num_threads(k)
 
 
 def _get_pool() -> ThreadPoolExecutor:
@@ -207,11 +258,11 @@ def _get_pool() -> ThreadPoolExecutor:
 def workspace(slot: int, shape, dtype) -> np.ndarray:
     """A scratch array of ``shape`` for the calling thread, reused across calls (slot
     tells apart buffers a kernel needs at the same time). Its contents are garbage; it
-    must not outlive the block that asked for it. Arrays far larger than a block (a
-    whole batch run as one block) are not kept."""
+    must not outlive the block that asked for it. Arrays larger than
+    ``WORKSPACE_KEEP_BYTES`` (a whole batch run as one block) are not kept."""
     dtype = np.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize
-    if size > 4 * TARGET_BLOCK_BYTES:
+    if size > WORKSPACE_KEEP_BYTES:
         return np.empty(shape, dtype)
     bufs = getattr(_local, "bufs", None)
     if bufs is None:
