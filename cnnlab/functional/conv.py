@@ -149,18 +149,25 @@ class Conv2dFunction(Function):
         n, c, h, wd = x.shape
         f, cg, kh, kw = w.shape
         g, fg = groups, f // groups
-        xv = x.transpose(0, 2, 3, 1)
-        xp = pad2d(xv, pads, padding_mode, axes=(1, 2))                               # N Hp Wp C
-        # kept for backward: a copy, never the caller's memory, which could change before then
-        xp = xp.copy() if xp is xv else np.ascontiguousarray(xp)
-        hp, wp = xp.shape[1:3]
+        xv = x.transpose(0, 2, 3, 1)                                                # N H W C view
+        top, bottom, left, right = pads
+        hp, wp = h + top + bottom, wd + left + right
+        # the padded input, channels-last, filled block by block below; kept for backward
+        # (a copy, never the caller's memory, which could change before then)
+        xp = np.empty((n, hp, wp, c), x.dtype)
         ho, wo = out_size(hp, kh, stride[0], dilation[0]), out_size(wp, kw, stride[1], dilation[1])
         wmat = w.reshape(g, fg, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, fg).copy()
         bias = None if b is None else (b if b.ndim == 1 else b.transpose(1, 2, 0))  # tied (F,) or untied (Ho Wo F)
         out = np.empty((n, ho, wo, f), x.dtype)                                      # N Ho Wo F
 
         def block(lo, hi, acc):
-            cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0)         # G M K: im2col, the one copy
+            xpb = xp[lo:hi]
+            if padding_mode == "zeros":  # padding on the block's thread, so im2col reads it from cache
+                _zero_border(xpb, pads)
+                xpb[:, top:top + h, left:left + wd] = xv[lo:hi]
+            else:
+                xpb[...] = pad2d(xv[lo:hi], pads, padding_mode, axes=(1, 2))
+            cols = _im2col(xpb, (kh, kw), stride, dilation, g, slot=0)              # G M K: im2col, the one copy
             out_b = out[lo:hi]
             np.matmul(cols, wmat, out=out_b.reshape(-1, g, fg).transpose(1, 0, 2))
             if bias is not None:
@@ -209,7 +216,7 @@ class Conv2dFunction(Function):
                 return
             if gather:
                 gp = parallel.workspace(2, (nb, ho + 2 * reach_h, wo + 2 * reach_w, f), grad.dtype)
-                _zero_border(gp, reach_h, reach_w)
+                _zero_border(gp, (reach_h, reach_h, reach_w, reach_w))
                 gp[:, reach_h:reach_h + ho, reach_w:reach_w + wo] = gb
                 gp = gp[:, r0:r0 + rows + reach_h, c0:c0 + cols_ + reach_w]
                 gcols = _im2col(gp, (kh, kw), (1, 1), dilation, g, slot=0)          # G M' KH*KW*Fg
@@ -249,14 +256,18 @@ def _im2col(src, kernel, stride, dilation, groups, slot):
     return cols.reshape(groups, nb * ho * wo, kh * kw * cg)
 
 
-def _zero_border(a, rh, rw):
-    """Zero a (nb, H, W, C) array's outer rh rows and rw columns (the rest is overwritten)."""
-    if rh:
-        a[:, :rh] = 0
-        a[:, -rh:] = 0
-    if rw:
-        a[:, :, :rw] = 0
-        a[:, :, -rw:] = 0
+def _zero_border(a, pads):
+    """Zero the outer (top, bottom, left, right) rows and columns of a (nb, H, W, C)
+    array (the inside is about to be overwritten)."""
+    top, bottom, left, right = pads
+    if top:
+        a[:, :top] = 0
+    if bottom:
+        a[:, a.shape[1] - bottom:] = 0
+    if left:
+        a[:, :, :left] = 0
+    if right:
+        a[:, :, a.shape[2] - right:] = 0
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
