@@ -189,6 +189,7 @@ class Conv2dFunction(Function):
         _, hp, wp, _ = xp.shape
         _, _, ho, wo = grad.shape
         need_dx, need_dw = ctx.needs_input_grad[:2]
+        need_db = b_ndim is not None and ctx.needs_input_grad[2]
         dx = np.empty((n, h, wd, c), grad.dtype) if need_dx else None               # N H W C
         gather = stride == (1, 1)
         if gather:
@@ -205,9 +206,11 @@ class Conv2dFunction(Function):
         def block(lo, hi, acc):
             nb = hi - lo
             gb = grad[lo:hi].transpose(0, 2, 3, 1)                                    # nb Ho Wo F
-            if need_dw or not gather:
+            if need_dw or need_db or not gather:
                 gm = parallel.workspace(1, (nb, ho, wo, f), grad.dtype)
-                np.copyto(gm, gb)
+                np.copyto(gm, gb)                                                     # channels-last copy
+                if need_db:  # tied: sum over N, Ho, Wo; untied (Ho Wo F): over N only
+                    parallel.add_to(acc, "db", gm.sum(axis=(0, 1, 2)) if b_ndim == 1 else gm.sum(axis=0))
                 gm = gm.reshape(nb * ho * wo, g, fg).transpose(1, 0, 2)              # G M Fg
             if need_dw:
                 cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0)
@@ -237,8 +240,9 @@ class Conv2dFunction(Function):
         dw = db = None
         if need_dw:
             dw = parallel.total(accs, "dw").reshape(g, kh, kw, cg, fg).transpose(0, 4, 3, 1, 2).reshape(w_shape)
-        if b_ndim is not None and ctx.needs_input_grad[2]:
-            db = grad.sum(axis=(0, 2, 3)) if b_ndim == 1 else grad.sum(axis=0)
+        if need_db:
+            db = parallel.total(accs, "db")
+            db = db if b_ndim == 1 else db.transpose(2, 0, 1)                       # untied: back to (F, Ho, Wo)
         return None if dx is None else dx.transpose(0, 3, 1, 2), dw, db
 
 
