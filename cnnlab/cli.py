@@ -220,8 +220,9 @@ def cmd_eval(args) -> int:
     dataset = _load_split(meta["dataset"], args.split, args.data_dir, not args.no_download)
     norm = meta["normalize"]
     loader = data.DataLoader(dataset, args.batch_size, transform=data.Normalize(norm["mean"], norm["std"]))
-    ev = evaluate(model, loader)
-    print(f"{meta['model']} on {meta['dataset']} ({args.split}, {ev['count']} images): "
+    ev = evaluate(model, loader, tta=args.tta)
+    how = ", with flip test-time augmentation" if args.tta else ""
+    print(f"{meta['model']} on {meta['dataset']} ({args.split}, {ev['count']} images{how}): "
           f"accuracy {ev['accuracy']:.4f}, loss {ev['loss']:.4f}")
     for name, acc in zip(meta["classes"], ev["per_class_accuracy"]):
         print(f"  {name:>12s}  {acc:.4f}")
@@ -564,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     p.add_argument("--split", default="test", choices=("train", "test"), help="default test")
     p.add_argument("--batch-size", type=positive_int, default=500, help="default 500")
+    p.add_argument("--tta", choices=("flip",), default=None,
+                   help="test-time augmentation: flip averages the class probabilities of each image and its "
+                        "mirror image (for models trained with flips, e.g. --augment crop-flip)")
     _threads_option(p)
     p.set_defaults(run=cmd_eval)
 

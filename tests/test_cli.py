@@ -22,6 +22,8 @@ def test_train_writes_checkpoint_and_metrics_and_learns(trained, capsys):
     acc = float(out.split("accuracy ")[1].split(",")[0])
     assert acc > 0.8  # three epochs on the digits already classify most of them
     assert out.count("\n") >= 11  # one line per class
+    assert main(["eval", str(trained / "checkpoint.npz"), "--tta", "flip"]) == 0
+    assert "with flip test-time augmentation" in capsys.readouterr().out
 
 
 def test_train_resume_continues_to_more_epochs(tmp_path, capsys):

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import functional as F
 from ..random import get_rng_state, set_rng_state
-from ..autograd import no_grad
+from ..autograd import Tensor, no_grad
 from ..nn.module import eval_mode, model_dtype
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
 
@@ -50,21 +50,38 @@ class History:
         return self.epochs[-1] if self.epochs else {}
 
 
-def evaluate(model, loader, num_classes: int = None) -> dict:
+TTA_MODES = (None, "flip")
+
+
+def evaluate(model, loader, num_classes: int = None, tta: str = None) -> dict:
     """Cross-entropy loss, accuracy, per-class accuracy and confusion matrix (rows: true
     class) of ``model`` on every batch of ``loader``, in evaluation mode, without the tape.
     Every layer's train/eval mode is restored afterwards. Batches are cast to the model's
-    dtype, so float64 models evaluate from the same float32 loader."""
+    dtype, so float64 models evaluate from the same float32 loader.
+
+    ``tta='flip'``: test-time augmentation, the class probabilities averaged over each
+    image and its mirror image (for models trained with horizontal flips); the loss is
+    then the negative log of the averaged probability of the true class."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"evaluate: tta must be one of {TTA_MODES}, got {tta!r}")
     dtype = model_dtype(model)
     total_loss, count, confusion = 0.0, 0, None
     with eval_mode(model), no_grad():
         for x, y in loader:
-            logits = model(x if x.dtype == dtype else x.astype(dtype))
-            total_loss += float(F.cross_entropy(logits, y, reduction="sum").item())
-            k = num_classes or logits.shape[1]
+            x = x if x.dtype == dtype else x.astype(dtype)
+            logits = model(x)
+            if tta is None:
+                total_loss += float(F.cross_entropy(logits, y, reduction="sum").item())
+                scores = logits.data
+            else:
+                mirrored = model(Tensor(np.ascontiguousarray(x.data[..., ::-1])))
+                # log of the mean of the two softmax distributions
+                scores = np.logaddexp(F.log_softmax(logits, 1).data, F.log_softmax(mirrored, 1).data) - np.log(2)
+                total_loss += float(-scores[np.arange(len(y.data)), y.data].sum())
+            k = num_classes or scores.shape[1]
             if confusion is None:
                 confusion = np.zeros((k, k), np.int64)
-            np.add.at(confusion, (y.data, logits.data.argmax(axis=1)), 1)
+            np.add.at(confusion, (y.data, scores.argmax(axis=1)), 1)
             count += len(y.data)
     if not count:
         raise ValueError("evaluate: the loader yielded no batches")
