@@ -234,9 +234,10 @@ class Conv2dFunction(Function):
                                   axes=(1, 2)).reshape(nb, hp, wp, c)
             dx[lo:hi] = pad2d_backward(dxp, (nb, h, wd, c), pads, padding_mode, axes=(1, 2))
 
-        row_bytes = kh * kw * max(c, f) * grad.itemsize
-        accs = parallel.run(parallel.blocks(n, max(ho * wo, h * wd), row_bytes), block,
-                            flops=4 * n * ho * wo * kh * kw * cg * f)
+        # per image: the largest column matrix a block builds (the weight gradient's, or the
+        # gather's for stride 1)
+        item_bytes = max(ho * wo * kh * kw * c, h * wd * kh * kw * f if gather else 0) * grad.itemsize
+        accs = parallel.run(parallel.blocks(n, 1, item_bytes), block, flops=4 * n * ho * wo * kh * kw * cg * f)
         dw = db = None
         if need_dw:
             dw = parallel.total(accs, "dw").reshape(g, kh, kw, cg, fg).transpose(0, 4, 3, 1, 2).reshape(w_shape)
