@@ -195,19 +195,36 @@ def _avg_divisors(n, kernel, stride, pad, out, count_include_pad):
 
 
 class AvgPool2dFunction(Function):
+    """Mean over each window (divided by ``divisor``, one per output position); backward
+    spreads each output's gradient evenly over its window. Like max pooling, both passes
+    loop over the KH*KW window taps (strided views), keeping the input's memory layout."""
+
     @staticmethod
     def forward(ctx, x, *, kernel, stride, pads, divisor):
-        xp = pad2d(x, pads)
-        out = windows(xp, kernel, stride).sum(axis=(-2, -1)) / divisor
+        xp = pad2d(x, pads, order="K")
+        win = windows(xp, kernel, stride)                              # N C Ho Wo KH KW, a view
+        kh, kw = kernel
+        out = win[..., 0, 0].copy(order="K")
+        for t in range(1, kh * kw):
+            out += win[..., t // kw, t % kw]
+        out /= divisor
         ctx.meta = (x.shape, xp.shape, kernel, stride, pads, divisor)
-        return out.astype(x.dtype, copy=False)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         x_shape, xp_shape, kernel, stride, pads, divisor = ctx.meta
-        share = (grad / divisor).astype(grad.dtype, copy=False)
-        dwin = np.broadcast_to(share[..., None, None], grad.shape + tuple(kernel))
-        dxp = add_windows(np.zeros(xp_shape, grad.dtype), dwin, stride)
+        kh, kw = kernel
+        share = grad / divisor
+        dxp = _zeros_like_layout(xp_shape, grad)
+        dwin = windows(dxp, kernel, stride, writeable=True)
+        overlap = stride[0] < kh or stride[1] < kw
+        for t in range(kh * kw):
+            target = dwin[..., t // kw, t % kw]      # one tap's view never repeats an element
+            if overlap:
+                target += share
+            else:
+                target[...] = share
         return (pad2d_backward(dxp, x_shape, pads),)
 
 
