@@ -145,29 +145,36 @@ def test_evaluate_reports_accuracy_per_class_and_confusion():
 
 
 def test_evaluate_with_flip_tta_averages_an_image_and_its_mirror():
-    """A model that sees only the left half of an image: on mirrored images the left half is
-    the right one, so flip TTA averages the two halves' probabilities."""
+    """A model whose answer depends on which half of the image is brighter: mirroring
+    swaps the halves, so flip TTA's averaged probabilities differ from the plain ones."""
     rng = np.random.default_rng(0)
-    ds = data.ArrayDataset(rng.integers(0, 256, (5, 1, 2, 4), dtype=np.uint8), np.array([0, 1, 1, 0, 1]))
+    ds = data.ArrayDataset(rng.integers(0, 256, (40, 1, 2, 4), dtype=np.uint8), rng.integers(0, 2, 40))
 
-    class LeftHalf(nn.Module):
+    def halves(img):
+        left, right = img[:, 0, :, :2].sum((1, 2)), img[:, 0, :, 2:].sum((1, 2))
+        # not antisymmetric, so mirroring changes more than the sign
+        return np.stack([left - 0.5 * right, right - 0.2 * left], axis=1).astype(np.float32)
+
+    class Halves(nn.Module):
         def forward(self, x):
-            left = x.data[:, 0, :, :2].sum(axis=(1, 2))
-            return cnnlab.Tensor(np.stack([left, -left], axis=1).astype(np.float32))
+            return cnnlab.Tensor(halves(x.data))
 
     x = ds.images.astype(np.float32) / 255
+
     def softmax(z):
         e = np.exp(z - z.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
-    logits = lambda img: np.stack([img[:, 0, :, :2].sum((1, 2)), -img[:, 0, :, :2].sum((1, 2))], 1)
-    p = (softmax(logits(x)) + softmax(logits(x[..., ::-1]))) / 2
-    ev = evaluate(LeftHalf(), data.DataLoader(ds, batch_size=2), tta="flip")
-    assert ev["accuracy"] == pytest.approx(float((p.argmax(1) == ds.labels).mean()))
-    assert ev["loss"] == pytest.approx(float(-np.log(p[np.arange(5), ds.labels]).mean()), rel=1e-5)
-    plain = evaluate(LeftHalf(), data.DataLoader(ds, batch_size=2))
-    assert plain["loss"] != pytest.approx(ev["loss"])
+
+    p = (softmax(halves(x)) + softmax(halves(x[..., ::-1]))) / 2
+    ev = evaluate(Halves(), data.DataLoader(ds, batch_size=8), tta="flip")
+    plain = evaluate(Halves(), data.DataLoader(ds, batch_size=8))
+    confusion = np.zeros((2, 2), int)
+    np.add.at(confusion, (ds.labels, p.argmax(1)), 1)
+    assert ev["confusion"] == confusion.tolist()
+    assert ev["confusion"] != plain["confusion"]          # the mirror changed some predictions
+    assert ev["loss"] == pytest.approx(float(-np.log(p[np.arange(40), ds.labels]).mean()), rel=1e-5)
     with pytest.raises(ValueError, match="tta must be one of"):
-        evaluate(LeftHalf(), data.DataLoader(ds, batch_size=2), tta="rotate")
+        evaluate(Halves(), data.DataLoader(ds, batch_size=8), tta="rotate")
 
 
 def test_checkpoint_errors_are_clear(tmp_path):

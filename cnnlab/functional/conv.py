@@ -236,7 +236,7 @@ class Conv2dFunction(Function):
 
         # per image: the largest column matrix a block builds (the weight gradient's, or the
         # gather's for stride 1)
-        item_bytes = max(ho * wo * kh * kw * c, h * wd * kh * kw * f if gather else 0) * grad.itemsize
+        item_bytes = max(ho * wo * kh * kw * c, rows * cols_ * kh * kw * f if gather and need_dx else 0) * grad.itemsize
         accs = parallel.run(parallel.blocks(n, 1, item_bytes), block, flops=4 * n * ho * wo * kh * kw * cg * f)
         dw = db = None
         if need_dw:

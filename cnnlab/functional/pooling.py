@@ -1,8 +1,9 @@
 """Pooling: max and average over sliding windows, adaptive and global pooling.
 
-The windows are strided views of the padded input (:func:`cnnlab.kernels.windows`); the
-backward passes add each window's gradient back with :func:`cnnlab.kernels.add_windows`,
-so overlapping windows (stride < kernel) accumulate, as they must.
+The windows are strided views of the padded input (:func:`cnnlab.kernels.windows`).
+Max and average pooling loop over the KH*KW window taps, each a strided view the size of
+the output; their backward passes write (or, where windows overlap, add) each tap's
+share of the gradient into the same views of a zero input gradient.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numbers
 import numpy as np
 
 from .._errors import InputError, check_float, check_rank, pair
-from ..kernels import add_windows, pad2d, pad2d_backward, windows
+from ..kernels import pad2d, pad2d_backward, windows
 from ..autograd import Function, Tensor, as_tensor, is_grad_enabled
 
 

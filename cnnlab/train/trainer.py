@@ -74,6 +74,9 @@ def evaluate(model, loader, num_classes: int = None, tta: str = None) -> dict:
                 total_loss += float(F.cross_entropy(logits, y, reduction="sum").item())
                 scores = logits.data
             else:
+                if x.ndim != 4:
+                    raise ValueError(f"evaluate: tta='flip' mirrors images (N, C, H, W); "
+                                     f"got batches of shape {x.shape}")
                 mirrored = model(Tensor(np.ascontiguousarray(x.data[..., ::-1])))
                 # log of the mean of the two softmax distributions
                 scores = np.logaddexp(F.log_softmax(logits, 1).data, F.log_softmax(mirrored, 1).data) - np.log(2)
