@@ -13,6 +13,7 @@ import numpy as np
 
 from .._errors import InputError, check_float, check_rank, pair
 from ..kernels import pad2d, pad2d_backward, windows
+from ..kernels.padding import empty_like_layout
 from ..autograd import Function, Tensor, as_tensor, is_grad_enabled
 
 
@@ -99,7 +100,7 @@ class MaxPool2dFunction(Function):
         (arg,) = ctx.saved_tensors
         x_shape, xp_shape, kernel, stride, dilation, pads = ctx.meta
         kh, kw = kernel
-        dxp = _zeros_like_layout(xp_shape, grad)
+        dxp = empty_like_layout(xp_shape, grad, zeros=True)
         dwin = windows(dxp, kernel, stride, dilation, writeable=True)
         # windows share inputs if a stride is shorter than the (dilated) window
         overlap = stride[0] < dilation[0] * (kh - 1) + 1 or stride[1] < dilation[1] * (kw - 1) + 1
@@ -139,15 +140,6 @@ def _max_and_argmax(win, has_nan):
         step *= take
         arg += step
     return out, arg
-
-
-def _zeros_like_layout(shape, like):
-    """Zeros of NCHW ``shape``, channels-last in memory if ``like`` is, so that gradients
-    keep the layout the convolutions produce."""
-    if like.ndim == 4 and like.strides[1] == like.itemsize and like.shape[1] > 1:
-        n, c, h, w = shape
-        return np.zeros((n, h, w, c), like.dtype).transpose(0, 3, 1, 2)
-    return np.zeros(shape, like.dtype)
 
 
 @_batched
@@ -217,7 +209,7 @@ class AvgPool2dFunction(Function):
         x_shape, xp_shape, kernel, stride, pads, divisor = ctx.meta
         kh, kw = kernel
         share = grad / divisor
-        dxp = _zeros_like_layout(xp_shape, grad)
+        dxp = empty_like_layout(xp_shape, grad, zeros=True)
         dwin = windows(dxp, kernel, stride, writeable=True)
         overlap = stride[0] < kh or stride[1] < kw
         for t in range(kh * kw):

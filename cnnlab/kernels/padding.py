@@ -23,11 +23,13 @@ def padded_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
     return np.pad(np.arange(n), (before, after), mode=_NUMPY_MODE[mode])
 
 
-def _empty_like_layout(shape, x: np.ndarray) -> np.ndarray:
-    """An empty array of ``shape`` whose axes lie in memory in the same order as ``x``'s
-    (so a channels-last input gives a channels-last padded copy)."""
-    order = sorted(range(x.ndim), key=lambda a: -x.strides[a])   # outermost axis first
-    out = np.empty([shape[a] for a in order], dtype=x.dtype)
+def empty_like_layout(shape, like: np.ndarray, zeros: bool = False) -> np.ndarray:
+    """An empty (or zero) array of ``shape`` whose axes lie in memory in the same order as
+    those of ``like`` (same number of axes): a channels-last array viewed as NCHW gives a
+    channels-last result, so padding and pooling gradients keep the layout convolutions
+    produce."""
+    order = sorted(range(like.ndim), key=lambda a: -like.strides[a])   # outermost axis first
+    out = (np.zeros if zeros else np.empty)([shape[a] for a in order], dtype=like.dtype)
     return out.transpose(np.argsort(order))
 
 
@@ -45,7 +47,7 @@ def pad2d(x: np.ndarray, pads, mode: str = "zeros", value: float = 0.0, axes=(2,
         shape = list(x.shape)
         shape[ha] += top + bottom
         shape[wa] += left + right
-        out = _empty_like_layout(shape, x) if order == "K" else np.empty(shape, x.dtype)
+        out = empty_like_layout(shape, x) if order == "K" else np.empty(shape, x.dtype)
         out.fill(value)
         inner = [slice(None)] * x.ndim
         inner[ha] = slice(top, top + x.shape[ha])
