@@ -127,28 +127,24 @@ def random_batch(spec, batch, seed=0):
     return x, rng.integers(0, 10, batch)
 
 
+def train_step(model, optim_module, cross_entropy):
+    """train_step(x, y) for one library (the two APIs match call for call): forward,
+    cross-entropy, zero_grad, backward, SGD-momentum update; returns (logits, loss)."""
+    opt = optim_module.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step(x, y):
+        logits = model(x)
+        loss = cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return logits, loss
+    return step
+
+
 def train_step_pair(ours, theirs):
-    """{contender: train_step(x, y)}: forward, cross-entropy, zero_grad, backward, SGD-momentum update."""
-    opt_a = optim.SGD(ours.parameters(), lr=0.01, momentum=0.9)
-    opt_b = torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9)
-
-    def step_cnnlab(x, y):
-        logits = ours(x)
-        loss = F.cross_entropy(logits, y)
-        opt_a.zero_grad()
-        loss.backward()
-        opt_a.step()
-        return logits, loss
-
-    def step_torch(x, y):
-        logits = theirs(x)
-        loss = TF.cross_entropy(logits, y)
-        opt_b.zero_grad()
-        loss.backward()
-        opt_b.step()
-        return logits, loss
-
-    return step_cnnlab, step_torch
+    """(cnnlab's train_step, PyTorch's train_step), see :func:`train_step`."""
+    return train_step(ours, optim, F.cross_entropy), train_step(theirs, torch.optim, TF.cross_entropy)
 
 
 # ----- the sections -----

@@ -65,12 +65,13 @@ def run(args) -> int:
     theirs = twins.lenet5()
     twins.copy_weights(ours, theirs)
 
-    def cnnlab_run():
-        opt = optim.AdamW(ours.parameters(), lr=2e-3, weight_decay=5e-4)
-        sched = optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+    def contender(model, optim_module, cross_entropy, no_grad, predict, convert):
+        """(step, accuracy, convert) for one library: the two APIs match call for call."""
+        opt = optim_module.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
+        sched = optim_module.lr_scheduler.CosineAnnealingLR(opt, total_steps)
 
         def step(x, y):
-            loss = F.cross_entropy(ours(x), y, label_smoothing=0.1)
+            loss = cross_entropy(model(x), y, label_smoothing=0.1)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -78,34 +79,21 @@ def run(args) -> int:
             return loss.item()
 
         def accuracy():
-            ours.eval()
-            with cnnlab.no_grad():
-                pred = np.concatenate([ours(cnnlab.Tensor(test_x[i:i + 1000])).data.argmax(1)
-                                       for i in range(0, len(test_x), 1000)])
-            ours.train()
+            model.eval()
+            with no_grad():
+                pred = np.concatenate([predict(test_x[i:i + 1000]) for i in range(0, len(test_x), 1000)])
+            model.train()
             return float((pred == test_y).mean())
-        return step, accuracy, lambda x, y: (x, y.data)
+        return step, accuracy, convert
+
+    def cnnlab_run():
+        return contender(ours, optim, F.cross_entropy, cnnlab.no_grad,
+                         lambda x: ours(cnnlab.Tensor(x)).data.argmax(1), lambda x, y: (x, y.data))
 
     def torch_run():
-        opt = torch.optim.AdamW(theirs.parameters(), lr=2e-3, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
-
-        def step(x, y):
-            loss = TF.cross_entropy(theirs(x), y, label_smoothing=0.1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            return loss.item()
-
-        def accuracy():
-            theirs.eval()
-            with torch.no_grad():
-                pred = np.concatenate([theirs(torch.from_numpy(test_x[i:i + 1000])).argmax(1).numpy()
-                                       for i in range(0, len(test_x), 1000)])
-            theirs.train()
-            return float((pred == test_y).mean())
-        return step, accuracy, lambda x, y: (torch.from_numpy(x.data), torch.from_numpy(y.data))
+        return contender(theirs, torch.optim, TF.cross_entropy, torch.no_grad,
+                         lambda x: theirs(torch.from_numpy(x)).argmax(1).numpy(),
+                         lambda x, y: (torch.from_numpy(x.data), torch.from_numpy(y.data)))
 
     results = {}
     for name, make in (("cnnlab", cnnlab_run), ("PyTorch", torch_run)):
