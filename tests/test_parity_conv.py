@@ -59,9 +59,19 @@ GEOMETRY = {
 }
 
 
+@pytest.fixture(params=["auto", "planes", "windows"])
+def layout(request, monkeypatch):
+    """Each im2col layout forced in turn (and the automatic choice), so both are checked
+    against PyTorch on every geometry whatever the choice rule picks for it."""
+    if request.param != "auto":
+        forced = request.param == "planes"
+        monkeypatch.setattr(cnnlab.functional.conv, "_planes", lambda kw, cg, wo: forced)
+    return request.param
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", list(GEOMETRY))
-def test_conv2d_geometry(case, bias, dtype):
+def test_conv2d_geometry(case, bias, dtype, layout):
     xs, ws, kw = GEOMETRY[case]
     rng = np.random.default_rng(1)
     arrays = [rand(rng, *xs), rand(rng, *ws)] + ([rand(rng, ws[0])] if bias else [])
@@ -92,7 +102,7 @@ def test_conv2d_unbatched_groups_same(dtype):
              arrays, dtype)
 
 
-def test_conv2d_input_only_and_weight_only_gradients(dtype):
+def test_conv2d_input_only_and_weight_only_gradients(dtype, layout):
     """Backward must give the right gradient when only some inputs require one."""
     rng = np.random.default_rng(5)
     arrays = [rand(rng, 2, 2, 5, 5), rand(rng, 3, 2, 3, 3), rand(rng, 3)]
@@ -151,7 +161,7 @@ MODE_CASES = {
 
 @pytest.mark.parametrize("case", list(MODE_CASES))
 @pytest.mark.parametrize("mode", MODES)
-def test_conv2d_padding_modes(mode, case, dtype):
+def test_conv2d_padding_modes(mode, case, dtype, layout):
     xs, ws, kw = MODE_CASES[case]
     rng = np.random.default_rng(9)
     arrays = [rand(rng, *xs), rand(rng, *ws), rand(rng, ws[0])]

@@ -17,6 +17,13 @@ How the convolution is computed (forward and backward are next to each other in
 Steps 2 and 3 run per block of a few images, so that ``cols`` stays in cache, with the
 blocks spread over threads (:mod:`cnnlab.kernels.parallel`).
 
+Few channels (a network's first layer, depthwise convolutions): channels-last windows are
+then only KW*C values long (5 for a 5x5 kernel on a grey image), and the copy crawls.
+There the input is padded channels-first instead and ``cols`` is built transposed, one
+image plane per tap, shape (C*KH*KW, N*Ho*Wo), copied in runs of a whole output row
+(Caffe's im2col); the multiply reads it transposed. :func:`_planes` picks whichever
+layout copies the longer runs.
+
 Backward, for an upstream gradient G of shape (N*Ho*Wo, F):
     dW = cols^T @ G                          weight sharing: a sum over every position
     db = G summed over N, Ho, Wo
@@ -149,44 +156,49 @@ class Conv2dFunction(Function):
         n, c, h, wd = x.shape
         f, cg, kh, kw = w.shape
         g, fg = groups, f // groups
-        xv = x.transpose(0, 2, 3, 1)                                                # N H W C view
         top, bottom, left, right = pads
         hp, wp = h + top + bottom, wd + left + right
-        # the padded input, channels-last, filled block by block below; kept for backward
-        # (a copy, never the caller's memory, which could change before then)
-        xp = np.empty((n, hp, wp, c), x.dtype)
         ho, wo = out_size(hp, kh, stride[0], dilation[0]), out_size(wp, kw, stride[1], dilation[1])
+        planes = _planes(kw, cg, wo)
+        # the padded input, filled block by block below and kept for backward (a copy, never
+        # the caller's memory, which could change before then): channels-last, or for the
+        # planes layout channels-first; xpv is its N Hp Wp C view either way
+        xp = np.empty((n, c, hp, wp) if planes else (n, hp, wp, c), x.dtype)
+        xpv = xp.transpose(0, 2, 3, 1) if planes else xp
+        xv = x.transpose(0, 2, 3, 1)                                                # N H W C view
         wmat = w.reshape(g, fg, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, fg).copy()
+        wcols = w.reshape(g, fg, cg * kh * kw).transpose(0, 2, 1) if planes else wmat  # rows ordered like cols
         bias = None if b is None else (b if b.ndim == 1 else b.transpose(1, 2, 0))  # tied (F,) or untied (Ho Wo F)
         out = np.empty((n, ho, wo, f), x.dtype)                                      # N Ho Wo F
 
         def block(lo, hi, acc):
-            xpb = xp[lo:hi]
+            xpb = xpv[lo:hi]
             if padding_mode == "zeros":  # padding on the block's thread, so im2col reads it from cache
                 _zero_border(xpb, pads)
                 xpb[:, top:top + h, left:left + wd] = xv[lo:hi]
             else:
                 xpb[...] = pad2d(xv[lo:hi], pads, padding_mode, axes=(1, 2))
-            cols = _im2col(xpb, (kh, kw), stride, dilation, g, slot=0)              # G M K: im2col, the one copy
+            cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0, planes=planes)  # the one copy
             out_b = out[lo:hi]
-            np.matmul(cols, wmat, out=out_b.reshape(-1, g, fg).transpose(1, 0, 2))
+            np.matmul(cols, wcols, out=out_b.reshape(-1, g, fg).transpose(1, 0, 2))
             if bias is not None:
                 out_b += bias
 
         parallel.run(parallel.blocks(n, ho * wo, kh * kw * c * x.itemsize), block,
                      flops=2 * n * ho * wo * kh * kw * cg * f)
         ctx.save_for_backward(xp, wmat)
-        ctx.meta = (x.shape, w.shape, None if b is None else b.ndim, stride, pads, dilation, groups, padding_mode)
+        ctx.meta = (x.shape, w.shape, None if b is None else b.ndim, stride, pads, dilation, groups, padding_mode,
+                    planes)
         return out.transpose(0, 3, 1, 2)                                            # NCHW view of NHWC memory
 
     @staticmethod
     def backward(ctx, grad):
         xp, wmat = ctx.saved_tensors
-        x_shape, w_shape, b_ndim, stride, pads, dilation, g, padding_mode = ctx.meta
+        x_shape, w_shape, b_ndim, stride, pads, dilation, g, padding_mode, planes = ctx.meta
         n, c, h, wd = x_shape
         f, cg, kh, kw = w_shape
         fg = f // g
-        _, hp, wp, _ = xp.shape
+        hp, wp = (xp.shape[2:] if planes else xp.shape[1:3])
         _, _, ho, wo = grad.shape
         need_dx, need_dw = ctx.needs_input_grad[:2]
         need_db = b_ndim is not None and ctx.needs_input_grad[2]
@@ -213,7 +225,7 @@ class Conv2dFunction(Function):
                     parallel.add_to(acc, "db", gm.sum(axis=(0, 1, 2)) if b_ndim == 1 else gm.sum(axis=0))
                 gm = gm.reshape(nb * ho * wo, g, fg).transpose(1, 0, 2)              # G M Fg
             if need_dw:
-                cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0)
+                cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0, planes=planes)
                 parallel.add_to(acc, "dw", np.matmul(cols.transpose(0, 2, 1), gm))  # G K Fg
             if not need_dx:
                 return
@@ -240,20 +252,40 @@ class Conv2dFunction(Function):
         accs = parallel.run(parallel.blocks(n, 1, item_bytes), block, flops=4 * n * ho * wo * kh * kw * cg * f)
         dw = db = None
         if need_dw:
-            dw = parallel.total(accs, "dw").reshape(g, kh, kw, cg, fg).transpose(0, 4, 3, 1, 2).reshape(w_shape)
+            dw = parallel.total(accs, "dw")                                           # G K Fg, K as cols orders it
+            dw = (dw.transpose(0, 2, 1) if planes else
+                  dw.reshape(g, kh, kw, cg, fg).transpose(0, 4, 3, 1, 2)).reshape(w_shape)
         if need_db:
             db = parallel.total(accs, "db")
             db = db if b_ndim == 1 else db.transpose(2, 0, 1)                       # untied: back to (F, Ho, Wo)
         return None if dx is None else dx.transpose(0, 3, 1, 2), dw, db
 
 
-def _im2col(src, kernel, stride, dilation, groups, slot):
+def _planes(kw: int, cg: int, wo: int) -> bool:
+    """Whether to build a convolution's columns plane by plane from a channels-first input
+    (copy runs of Wo values) rather than window by window from a channels-last one (runs
+    of KW*C/G values): whichever copies the longer runs, so the planes win for few channels."""
+    return kw * cg < wo
+
+
+def _im2col(src, kernel, stride, dilation, groups, slot, planes=False):
     """Columns of every window of ``src`` (nb, H, W, C), channels-last, copied into the
     calling thread's workspace ``slot``: shape (G, nb*Ho*Wo, KH*KW*C/G), each row one
-    window, ordered (kh, kw, c) to match the weight matrix."""
+    window, ordered (kh, kw, c) to match the weight matrix.
+
+    ``planes``: ``src`` is channels-first (nb, C, H, W); the columns are built transposed,
+    (G, C/G*KH*KW, nb*Ho*Wo) in memory with rows ordered (c, kh, kw), one output-sized
+    plane per tap, and returned as the (G, nb*Ho*Wo, C/G*KH*KW) view."""
+    (kh, kw) = kernel
+    if planes:
+        nb, c = src.shape[:2]
+        win = windows(src, kernel, stride, dilation, axes=(2, 3))                   # nb C Ho Wo KH KW
+        _, _, ho, wo = win.shape[:4]
+        cols = parallel.workspace(slot, (c, kh, kw, nb, ho, wo), src.dtype)
+        np.copyto(cols, win.transpose(1, 4, 5, 0, 2, 3))
+        return cols.reshape(groups, (c // groups) * kh * kw, nb * ho * wo).transpose(0, 2, 1)
     nb, _, _, c = src.shape
     cg = c // groups
-    (kh, kw) = kernel
     win = windows(src.reshape(src.shape[:3] + (groups, cg)), kernel, stride, dilation, axes=(1, 2))
     _, ho, wo = win.shape[:3]                                                       # nb Ho Wo G Cg KH KW
     cols = parallel.workspace(slot, (groups, nb, ho, wo, kh, kw, cg), src.dtype)
