@@ -311,11 +311,17 @@ MAX_POOL_CONFIGS = [((2, 2, 6, 7), (2, 2), (2, 2), (0, 0), (1, 1), False),
                     ((2, 2, 5, 5), (3, 3), (1, 1), (0, 1), (1, 1), True)]
 
 
+def in_layout(x, layout):
+    """x as given (NCHW) or as an NCHW view of channels-last memory, as a convolution leaves it."""
+    return x if layout == "nchw" else np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("xs,kernel,stride,padding,dilation,ceil_mode", MAX_POOL_CONFIGS)
-def test_max_pool2d_against_loops(xs, kernel, stride, padding, dilation, ceil_mode):
+def test_max_pool2d_against_loops(xs, kernel, stride, padding, dilation, ceil_mode, layout):
     rng = np.random.default_rng(5)
     x = rng.permutation(np.prod(xs)).reshape(xs) + rng.uniform(0, 0.5, xs)  # no ties
-    xt = cnnlab.Tensor(x, requires_grad=True)
+    xt = cnnlab.Tensor(in_layout(x, layout), requires_grad=True)
     out, idx = F.max_pool2d(xt, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
     dout = rng.standard_normal(out.shape)
     want, want_idx, want_dx = naive_max_pool(x, kernel, stride, padding, dilation, ceil_mode, dout)
@@ -332,17 +338,43 @@ AVG_POOL_CONFIGS = [((2, 2, 6, 7), (2, 2), (2, 2), (0, 0), False, True, None),
                     ((1, 2, 5, 7), (2, 3), (3, 2), (1, 1), True, True, 4)]
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("xs,kernel,stride,padding,ceil_mode,count_include_pad,divisor", AVG_POOL_CONFIGS)
-def test_avg_pool2d_against_loops(xs, kernel, stride, padding, ceil_mode, count_include_pad, divisor):
+def test_avg_pool2d_against_loops(xs, kernel, stride, padding, ceil_mode, count_include_pad, divisor, layout):
     rng = np.random.default_rng(6)
     x = rng.standard_normal(xs)
-    xt = cnnlab.Tensor(x, requires_grad=True)
+    xt = cnnlab.Tensor(in_layout(x, layout), requires_grad=True)
     out = F.avg_pool2d(xt, kernel, stride, padding, ceil_mode, count_include_pad, divisor)
     dout = rng.standard_normal(out.shape)
     want, want_dx = naive_avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor, dout)
     close(out.data, want)
     out.backward(dout)
     close(xt.grad, want_dx)
+
+
+@pytest.mark.parametrize("pool", [F.max_pool2d, F.avg_pool2d])
+def test_pool_gradient_keeps_the_input_layout(pool):
+    """An NCHW-contiguous upstream gradient (as a Flatten hands back) is brought to the
+    channels-last input's layout, so the ReLU backward before the pool runs over arrays
+    of one layout."""
+    seen = []
+
+    class Spy(cnnlab.autograd.Function):  # identity that records the gradient it is handed
+        @staticmethod
+        def forward(ctx, a):
+            return a
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(g)
+            return (g,)
+
+    x = np.random.default_rng(7).standard_normal((2, 3, 4, 4))
+    xt = cnnlab.Tensor(in_layout(x, "channels_last"), requires_grad=True)
+    out = pool(Spy.apply(xt), 2)
+    out.backward(np.ones(out.shape))      # C-contiguous
+    assert seen[0].strides[1] == seen[0].itemsize      # channels-last
+    close(seen[0], xt.grad)
 
 
 # ----- locally connected -----

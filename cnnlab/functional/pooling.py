@@ -13,7 +13,7 @@ import numpy as np
 
 from .._errors import InputError, check_float, check_rank, pair
 from ..kernels import pad2d, pad2d_backward, windows
-from ..kernels.padding import empty_like_layout
+from ..kernels.padding import axis_order, empty_in_order, in_order
 from ..autograd import Function, Tensor, as_tensor, is_grad_enabled
 
 
@@ -92,15 +92,18 @@ class MaxPool2dFunction(Function):
             return out
         out, arg = _max_and_argmax(win, has_nan=bool(x.size) and np.isnan(x.max()))
         ctx.save_for_backward(arg)
-        ctx.meta = (x.shape, xp.shape, kernel, stride, dilation, pads)
+        ctx.meta = (x.shape, xp.shape, kernel, stride, dilation, pads, axis_order(x))
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (arg,) = ctx.saved_tensors
-        x_shape, xp_shape, kernel, stride, dilation, pads = ctx.meta
+        x_shape, xp_shape, kernel, stride, dilation, pads, order = ctx.meta
         kh, kw = kernel
-        dxp = empty_like_layout(xp_shape, grad, zeros=True)
+        # the gradient in the input's layout (channels-last after a convolution), so the
+        # ReLU backward that usually follows meets two arrays of one layout; arg has it too
+        grad = in_order(grad, order)
+        dxp = empty_in_order(xp_shape, order, grad.dtype, zeros=True)
         dwin = windows(dxp, kernel, stride, dilation, writeable=True)
         # windows share inputs if a stride is shorter than the (dilated) window
         overlap = stride[0] < dilation[0] * (kh - 1) + 1 or stride[1] < dilation[1] * (kw - 1) + 1
@@ -201,15 +204,15 @@ class AvgPool2dFunction(Function):
         for t in range(1, kh * kw):
             out += win[..., t // kw, t % kw]
         out /= divisor
-        ctx.meta = (x.shape, xp.shape, kernel, stride, pads, divisor)
+        ctx.meta = (x.shape, xp.shape, kernel, stride, pads, divisor, axis_order(x))
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x_shape, xp_shape, kernel, stride, pads, divisor = ctx.meta
+        x_shape, xp_shape, kernel, stride, pads, divisor, order = ctx.meta
         kh, kw = kernel
-        share = grad / divisor
-        dxp = empty_like_layout(xp_shape, grad, zeros=True)
+        share = in_order(grad / divisor, order)     # in the input's layout, as for max pooling
+        dxp = empty_in_order(xp_shape, order, grad.dtype, zeros=True)
         dwin = windows(dxp, kernel, stride, writeable=True)
         overlap = stride[0] < kh or stride[1] < kw
         for t in range(kh * kw):

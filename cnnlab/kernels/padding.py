@@ -23,14 +23,35 @@ def padded_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
     return np.pad(np.arange(n), (before, after), mode=_NUMPY_MODE[mode])
 
 
+def axis_order(a: np.ndarray) -> tuple:
+    """The order in which ``a``'s axes lie in memory, outermost first: (0, 2, 3, 1) for a
+    channels-last array viewed as NCHW."""
+    return tuple(sorted(range(a.ndim), key=lambda ax: -a.strides[ax]))
+
+
+def empty_in_order(shape, order, dtype, zeros: bool = False) -> np.ndarray:
+    """An empty (or zero) array of ``shape`` whose axes lie in memory in ``order``."""
+    out = (np.zeros if zeros else np.empty)([shape[a] for a in order], dtype=dtype)
+    return out.transpose(np.argsort(order))
+
+
 def empty_like_layout(shape, like: np.ndarray, zeros: bool = False) -> np.ndarray:
     """An empty (or zero) array of ``shape`` whose axes lie in memory in the same order as
     those of ``like`` (same number of axes): a channels-last array viewed as NCHW gives a
     channels-last result, so padding and pooling gradients keep the layout convolutions
     produce."""
-    order = sorted(range(like.ndim), key=lambda a: -like.strides[a])   # outermost axis first
-    out = (np.zeros if zeros else np.empty)([shape[a] for a in order], dtype=like.dtype)
-    return out.transpose(np.argsort(order))
+    return empty_in_order(shape, axis_order(like), like.dtype, zeros)
+
+
+def in_order(a: np.ndarray, order) -> np.ndarray:
+    """``a`` itself if its axes lie in memory in ``order``, else a copy that does.
+    Elementwise passes over arrays of different layouts crawl; a gradient can be brought
+    to its input's layout once, where it is smallest."""
+    if axis_order(a) == tuple(order):
+        return a
+    out = empty_in_order(a.shape, order, a.dtype)
+    out[...] = a
+    return out
 
 
 def pad2d(x: np.ndarray, pads, mode: str = "zeros", value: float = 0.0, axes=(2, 3), order: str = "C") -> np.ndarray:
