@@ -59,13 +59,15 @@ GEOMETRY = {
 }
 
 
-@pytest.fixture(params=["auto", "planes", "windows"])
+@pytest.fixture(params=["auto", "planes+taps", "windows+gather"])
 def layout(request, monkeypatch):
-    """Each im2col layout forced in turn (and the automatic choice), so both are checked
-    against PyTorch on every geometry whatever the choice rule picks for it."""
+    """The automatic choices, then each im2col layout (forward and weight gradient) and
+    each stride-1 input-gradient method forced, so every kernel path is checked against
+    PyTorch on every geometry whatever the choice rules pick for it."""
     if request.param != "auto":
-        forced = request.param == "planes"
-        monkeypatch.setattr(cnnlab.functional.conv, "_planes", lambda kw, cg, wo: forced)
+        planes = request.param.startswith("planes")
+        monkeypatch.setattr(cnnlab.functional.conv, "_planes", lambda kw, cg, wo: planes)
+        monkeypatch.setattr(cnnlab.functional.conv, "_gather_dx", lambda c, f, groups: not planes)
     return request.param
 
 

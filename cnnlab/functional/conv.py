@@ -29,8 +29,10 @@ Backward, for an upstream gradient G of shape (N*Ho*Wo, F):
     db = G summed over N, Ho, Wo
     dX = col2im(G @ W^T)                     each window's gradient added back where it came from,
                                               then the padding's adjoint.
-For stride 1, dX is computed as the equivalent gather: G, zero-padded, cross-correlated
-with the flipped kernel (im2col again instead of KH*KW strided scatter-adds).
+col2im runs one tap at a time: the tap's product G @ W_tap^T (N*Ho*Wo, C) is added to the
+strided view of the input that tap read. For stride 1 when channels do not expand (F <= C,
+as in ResNets), dX is instead the equivalent gather: G, zero-padded, cross-correlated
+with the flipped kernel (im2col again, then one larger, better-shaped multiply).
 """
 from __future__ import annotations
 
@@ -203,7 +205,7 @@ class Conv2dFunction(Function):
         need_dx, need_dw = ctx.needs_input_grad[:2]
         need_db = b_ndim is not None and ctx.needs_input_grad[2]
         dx = np.empty((n, h, wd, c), grad.dtype) if need_dx else None               # N H W C
-        gather = stride == (1, 1)
+        gather = stride == (1, 1) and _gather_dx(c, f, g)
         if gather:
             # the input gradient of a stride-1 convolution is a "full" cross-correlation of
             # the output gradient with the flipped kernel, in/out channels swapped: an
@@ -242,11 +244,19 @@ class Conv2dFunction(Function):
                     np.matmul(gcols, wflip, out=dx[lo:hi].reshape(-1, g, cg).transpose(1, 0, 2))
                     return
                 dxp = np.matmul(gcols, wflip).transpose(1, 0, 2).reshape(nb, hp, wp, c)
-            else:  # col2im: each window's gradient added back where it came from
-                dcols = np.matmul(gm, wmat.transpose(0, 2, 1))                        # G M KH*KW*Cg
-                dwin = dcols.reshape(g, nb, ho, wo, kh, kw, cg).transpose(1, 2, 3, 0, 6, 4, 5)
-                dxp = add_windows(np.zeros((nb, hp, wp, g, cg), grad.dtype), dwin, stride, dilation,
-                                  axes=(1, 2)).reshape(nb, hp, wp, c)
+            else:  # col2im one tap at a time: each tap's product G @ W_tap^T, contiguous,
+                # is added where that tap read from, a strided view of the padded input
+                # (runs of whole output rows for stride 1, not of C values per window)
+                dxp = parallel.workspace(2, (nb, hp, wp, g, cg), grad.dtype)
+                dxp.fill(0)
+                taps = windows(dxp, (kh, kw), stride, dilation, axes=(1, 2), writeable=True)  # nb Ho Wo G Cg KH KW
+                wtap = wmat.reshape(g, kh, kw, cg, fg)
+                part = parallel.workspace(3, (g, nb, ho, wo, cg), grad.dtype)
+                for u in range(kh):
+                    for v in range(kw):
+                        np.matmul(gm, wtap[:, u, v].transpose(0, 2, 1), out=part.reshape(g, -1, cg))
+                        taps[..., u, v] += part.transpose(1, 2, 3, 0, 4)
+                dxp = dxp.reshape(nb, hp, wp, c)
             dx[lo:hi] = pad2d_backward(dxp, (nb, h, wd, c), pads, padding_mode, axes=(1, 2))
 
         # per image: the largest column matrix a block builds (the weight gradient's, or the
@@ -262,6 +272,15 @@ class Conv2dFunction(Function):
             db = parallel.total(accs, "db")
             db = db if b_ndim == 1 else db.transpose(2, 0, 1)                       # untied: back to (F, Ho, Wo)
         return None if dx is None else dx.transpose(0, 3, 1, 2), dw, db
+
+
+def _gather_dx(c: int, f: int, groups: int) -> bool:
+    """Whether a stride-1 convolution's input gradient is computed as a gather (im2col of
+    the output gradient, KH*KW*F values per input position) rather than by col2im one tap
+    at a time (KH*KW passes over the input's C values). Measured on LeNet-5, the MNIST CNN
+    and ResNet-20: the gather wins unless channels expand (F > C), and for groups, where
+    a tap's product is no longer contiguous per position."""
+    return f <= c or groups > 1
 
 
 def _planes(kw: int, cg: int, wo: int) -> bool:
