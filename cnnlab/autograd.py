@@ -15,6 +15,8 @@ import threading
 
 import numpy as np
 
+from .kernels import parallel
+
 _state = threading.local()
 
 
@@ -44,6 +46,15 @@ class enable_grad(no_grad):
     """Turns recording back on inside a ``no_grad`` block."""
 
     _enabled = True
+
+
+def _accumulate(total: np.ndarray, grad: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """``total + grad`` for a tensor reached along two paths (a residual), laid out like
+    the tensor's value: NumPy picks C order when the two gradients' layouts differ, and
+    every pass after would then stride across channels-last memory. A new array: either
+    gradient may be an op's own array."""
+    out = np.empty_like(value, dtype=np.result_type(total, grad))
+    return parallel.elementwise(np.add, total, grad, out=out)
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
@@ -256,7 +267,7 @@ class Tensor:
                     continue
                 assert ig.shape == inp.shape, f"{ctx.function.__name__}.backward: grad shape {ig.shape} != input shape {inp.shape}"
                 key = id(inp)
-                grads[key] = ig if key not in grads else grads[key] + ig
+                grads[key] = ig if key not in grads else _accumulate(grads[key], ig, inp.data)
             if not retain_graph:
                 ctx.saved_tensors = ()
                 ctx.released = True

@@ -9,6 +9,7 @@ import numpy as np
 
 from .autograd import Function, Tensor, unbroadcast
 from .kernels import parallel
+from .kernels.padding import axis_order, empty_in_order
 
 
 # ----- elementwise arithmetic -----
@@ -16,7 +17,11 @@ class Add(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.shapes = (a.shape, b.shape)
-        return a + b
+        if a.shape != b.shape or not isinstance(a, np.ndarray):
+            return a + b
+        # same shape (a residual sum): in a's layout, which NumPy does not keep when b's
+        # differs, and over cnnlab's threads
+        return parallel.elementwise(np.add, a, b, out=np.empty_like(a, dtype=np.result_type(a, b)))
 
     @staticmethod
     def backward(ctx, g):
@@ -252,14 +257,16 @@ class Mean(Function):
     @staticmethod
     def forward(ctx, a, *, axis=None, keepdims=False):
         out = np.asarray(a.mean(axis=axis, keepdims=keepdims))
-        ctx.args = (a.shape, axis, keepdims, a.size // max(out.size, 1))
+        ctx.args = (a.shape, axis, keepdims, a.size // max(out.size, 1), axis_order(a))
         return out
 
     @staticmethod
     def backward(ctx, g):
-        shape, axis, keepdims, count = ctx.args
+        shape, axis, keepdims, count, order = ctx.args
         g = _expand_reduced(g, shape, axis, keepdims) / g.dtype.type(count)
-        return (np.broadcast_to(g, shape).copy(),)
+        out = empty_in_order(shape, order, g.dtype)   # in a's layout (channels-last under a global pool)
+        out[...] = g
+        return (out,)
 
 
 class Max(Function):
@@ -366,7 +373,12 @@ class Concat(Function):
     def forward(ctx, *arrays, axis=0):
         ctx.axis = axis
         ctx.sizes = [a.shape[axis] for a in arrays]
-        return np.concatenate(arrays, axis=axis)
+        shape = list(arrays[0].shape)
+        shape[axis] = sum(ctx.sizes)
+        # in the first array's layout (channels-last stays channels-last: a ResNet's
+        # zero-padded shortcut), where NumPy's own result would be C-contiguous
+        out = empty_in_order(shape, axis_order(arrays[0]), np.result_type(*arrays))
+        return np.concatenate(arrays, axis=axis, out=out)
 
     @staticmethod
     def backward(ctx, g):

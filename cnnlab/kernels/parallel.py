@@ -142,6 +142,18 @@ def split(x: np.ndarray) -> list[tuple[int, int]]:
     return [(n * t // threads, n * (t + 1) // threads) for t in range(threads)]
 
 
+def elementwise(ufunc, *operands, out: np.ndarray) -> np.ndarray:
+    """``ufunc(*operands, out=out)`` for operands of ``out``'s shape (or scalars), split
+    over threads along axis 0 when large (see :func:`split`). ``out`` chooses the memory
+    layout; operands laid out differently are read as they lie."""
+    parts = split(out)
+    if len(parts) == 1:
+        return ufunc(*operands, out=out)
+    cut = [(lambda lo, hi, o=o: o[lo:hi]) if np.ndim(o) else (lambda lo, hi, o=o: o) for o in operands]
+    run(parts, lambda lo, hi, acc: ufunc(*(c(lo, hi) for c in cut), out=out[lo:hi]), blas=False)
+    return out
+
+
 def total(accs, key):
     """Sum ``acc[key]`` over the accumulators :func:`run` returned, in thread order (so
     the rounding, too, depends only on the thread count)."""
