@@ -322,3 +322,63 @@ def test_batch_norm_eval_backward_on_an_empty_batch_warns_nothing():
         out = F.batch_norm(x, np.zeros(3), np.ones(3), np.ones(3), np.zeros(3), training=False)
         out.backward(np.zeros(out.shape))
     assert x.grad.shape == (0, 3, 2, 2)
+
+
+# ----- memory layout: channels-last carries through residual sums and their gradients -----
+def _channels_last(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def _is_channels_last(a):
+    return a.strides[1] == a.itemsize and a.strides[3] == a.shape[1] * a.itemsize
+
+
+class _Spy(cnnlab.autograd.Function):
+    """Identity that records the gradient it is handed."""
+    seen = []
+
+    @staticmethod
+    def forward(ctx, a):
+        return a
+
+    @staticmethod
+    def backward(ctx, g):
+        _Spy.seen.append(g)
+        return (g,)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_residual_sum_and_its_gradient_keep_the_value_layout(blocking, threads):
+    """x (channels-last) reaches the loss along two paths, one of which hands back a
+    C-contiguous gradient: the sum and the accumulated gradient are channels-last like x,
+    and the values equal PyTorch's, split over threads or not."""
+    blocking(threads)
+    rng = np.random.default_rng(0)
+    x0 = _channels_last(rng.standard_normal((4, 3, 5, 6)))
+    y0, up = rng.standard_normal((2, 4, 3, 5, 6))
+    x, y = cnnlab.Tensor(x0, requires_grad=True), cnnlab.Tensor(y0, requires_grad=True)
+    _Spy.seen.clear()
+    xs = _Spy.apply(x)
+    s = xs + y                                                 # y is C-contiguous
+    assert _is_channels_last(s.data)
+    out = s * 2 + xs.reshape(4, -1).reshape(4, 3, 5, 6)      # this path's gradient comes back in C order
+    out.backward(up)
+    assert _is_channels_last(_Spy.seen[0])
+    tx, ty = torch.tensor(x0, requires_grad=True), torch.tensor(y0, requires_grad=True)
+    ((tx + ty) * 2 + tx).backward(torch.tensor(up))
+    np.testing.assert_allclose(s.data, (tx + ty).detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(x.grad, tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(y.grad, ty.grad.numpy(), rtol=1e-12)
+
+
+def test_cat_and_mean_keep_the_input_layout():
+    x0 = _channels_last(np.random.default_rng(3).standard_normal((2, 3, 4, 5)))
+    x = cnnlab.Tensor(x0, requires_grad=True)
+    c = cnnlab.cat([x, cnnlab.Tensor(np.zeros((2, 2, 4, 5)))], dim=1)
+    assert _is_channels_last(c.data)
+    np.testing.assert_array_equal(c.data[:, :3], x0)
+    _Spy.seen.clear()
+    m = _Spy.apply(x).mean((2, 3))
+    m.backward(np.ones(m.shape))
+    assert _is_channels_last(_Spy.seen[0])
+    np.testing.assert_allclose(_Spy.seen[0], np.full(x0.shape, 1 / 20))
