@@ -717,4 +717,3 @@ def test_gradcheck_catches_a_wrong_backward(fn, shapes):
 
 def test_gradcheck_error_is_an_assertion_error():
     assert issubclass(GradcheckError, AssertionError)
-

@@ -382,3 +382,79 @@ def test_cat_and_mean_keep_the_input_layout():
     m.backward(np.ones(m.shape))
     assert _is_channels_last(_Spy.seen[0])
     np.testing.assert_allclose(_Spy.seen[0], np.full(x0.shape, 1 / 20))
+
+
+# ----- batch norm's Numba kernels (kernels.jit) against PyTorch, and the NumPy passes beside them -----
+def _channels_last_of(a):
+    """``a`` as a view of memory with axis 1 (channels) innermost, as a convolution leaves it."""
+    order = (0,) + tuple(range(2, a.ndim)) + (1,)
+    return np.ascontiguousarray(a.transpose(order)).transpose(np.argsort(order))
+
+
+class _ToChannelsLast(cnnlab.autograd.Function):
+    """Identity whose output lies channels-last in memory (check_op hands C-ordered copies)."""
+    @staticmethod
+    def forward(ctx, a):
+        return _channels_last_of(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g,)
+
+
+@pytest.mark.parametrize("path", ["numpy", "numba"])
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", [(5, 3, 4, 4), (4, 2, 6), (7, 4)])
+def test_batch_norm_channels_last_kernels_match_torch(blocking, monkeypatch, path, threads, shape, dtype):
+    from cnnlab.functional import normalization
+    from cnnlab.kernels import jit
+    if path == "numba":
+        if not jit.available():
+            pytest.skip("Numba is not installed (the fast extra)")
+    else:
+        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    calls = []
+    forward_jit = normalization._forward_jit
+    monkeypatch.setattr(normalization, "_forward_jit", lambda *a: calls.append(1) or forward_jit(*a))
+    blocking(threads)
+    rng = np.random.default_rng(4)
+    c = shape[1]
+    x = rng.standard_normal(shape) * 3 + 1
+    w, b = rng.standard_normal(c), rng.standard_normal(c)
+    rm, rv = rng.standard_normal(c), rng.random(c) + 0.5
+    stats = {}
+
+    def ours(x, w, b):
+        m, v = rm.astype(dtype), rv.astype(dtype)
+        out = F.batch_norm(_ToChannelsLast.apply(x), m, v, w, b, training=True, momentum=0.3)
+        stats["ours"] = (m, v)
+        return out
+
+    def theirs(x, w, b):
+        m, v = torch.tensor(rm.astype(dtype)), torch.tensor(rv.astype(dtype))
+        out = torch.nn.functional.batch_norm(x, m, v, w, b, training=True, momentum=0.3)
+        stats["theirs"] = (m.numpy(), v.numpy())
+        return out
+
+    check_op("batch_norm (channels-last, " + path + ")", ours, theirs, [x, w, b], dtype)
+    for a, t in zip(stats["ours"], stats["theirs"]):
+        np.testing.assert_allclose(a, t, rtol=1e-10 if dtype == np.float64 else 1e-5)
+    assert len(calls) == (path == "numba")
+
+
+def test_cnnlab_jit_0_switches_the_numba_kernels_off(monkeypatch):
+    from cnnlab.kernels import jit
+    monkeypatch.setenv("CNNLAB_JIT", "0")
+    assert not jit.available()
+
+
+def test_importing_cnnlab_and_inference_do_not_import_numba():
+    """Numba's import alone costs a third of a second: cold-start inference must not pay it."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, cnnlab\n"
+            "m = cnnlab.models.create('resnet20', (3, 8, 8), 10); m.eval()\n"
+            "with cnnlab.no_grad(): m(np.zeros((1, 3, 8, 8), np.float32))\n"
+            "print('numba' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

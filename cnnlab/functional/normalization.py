@@ -5,7 +5,7 @@ import numpy as np
 
 from .._errors import InputError
 from ..autograd import Function, as_tensor
-from ..kernels import parallel
+from ..kernels import jit, parallel
 
 
 def _channel_specs(ndim):
@@ -34,6 +34,9 @@ class BatchNormFunction(Function):
         count = x.size // x.shape[1]
         blocks = parallel.split(x)
         x_hat = np.empty_like(x)                     # keeps x's memory layout (channels-last after a conv)
+        k = _jit_kernels(x) if training else None
+        if k is not None:
+            return _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momentum, eps, blocks)
         if training:
             def channel_sums(lo, hi, acc):
                 parallel.add_to(acc, "s", np.einsum(total, x[lo:hi]))
@@ -45,10 +48,7 @@ class BatchNormFunction(Function):
                 parallel.add_to(acc, "s", np.einsum(dot, x_hat[lo:hi], x_hat[lo:hi]))
 
             var = parallel.total(parallel.run(blocks, center, blas=False), "s") / count
-            for run, batch in ((running_mean, mean), (running_var, var * (count / (count - 1)))):
-                if run is not None:
-                    run *= 1 - run.dtype.type(momentum)
-                    run += run.dtype.type(momentum) * batch
+            _update_running(running_mean, running_var, mean, var, count, momentum)
         else:
             mean, var = running_mean.astype(x.dtype, copy=False), running_var.astype(x.dtype, copy=False)
         inv_std = (1 / np.sqrt(var + x.dtype.type(eps))).astype(x.dtype, copy=False)
@@ -75,6 +75,11 @@ class BatchNormFunction(Function):
     def backward(ctx, g):
         x_hat, inv_std, gamma = ctx.saved_tensors
         shape, count, training = ctx.meta
+        k = _jit_kernels(x_hat) if training else None
+        if k is not None:
+            if _rows(g) is None:         # g laid out otherwise (or broadcast): one copy into x's layout
+                g = _copy(g, like=x_hat)
+            return _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count)
         total, dot = _channel_specs(g.ndim)
         blocks = parallel.split(g)
 
@@ -100,6 +105,98 @@ class BatchNormFunction(Function):
 
             parallel.run(blocks, input_grad, blas=False)
         return dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None
+
+
+# ----- the same passes as Numba loops (kernels.jit), for channels-last memory -----
+def _rows(a):
+    """(positions, C) view of a channels-last array (channels on axis 1, but contiguous in
+    memory), or None if a is laid out otherwise."""
+    t = a.transpose((0,) + tuple(range(2, a.ndim)) + (1,))
+    return t.reshape(-1, a.shape[1]) if t.flags.c_contiguous else None
+
+
+def _copy(a, like):
+    out = np.empty_like(like)
+    out[...] = a
+    return out
+
+
+def _jit_kernels(x):
+    """The Numba kernels, where they are installed and x is float and channels-last."""
+    if x.dtype not in (np.float32, np.float64) or x.size == 0 or _rows(x) is None:
+        return None
+    return jit.kernels()
+
+
+def _update_running(running_mean, running_var, mean, var, count, momentum):
+    for run, batch in ((running_mean, mean), (running_var, var * (count / (count - 1)))):
+        if run is not None:
+            run *= 1 - run.dtype.type(momentum)
+            run += run.dtype.type(momentum) * batch
+
+
+def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momentum, eps, blocks):
+    """Training forward in three passes over x (sum, centred square sum, normalise), per
+    block of the batch on cnnlab's threads; partial sums are added in thread order."""
+    c, dt = x.shape[1], x.dtype
+    count = x.size // c
+    per = count // x.shape[0]                       # rows (positions) per sample
+    xr, hr = _rows(x), _rows(x_hat)
+    out = np.empty_like(x)
+    outr = _rows(out)
+
+    def sums(lo, hi, acc):
+        parallel.add_to(acc, "s", k.channel_sums(xr[lo * per:hi * per]))
+
+    mean64 = parallel.total(parallel.run(blocks, sums, blas=False), "s") / count
+    mean = mean64.astype(dt)
+
+    def squares(lo, hi, acc):
+        parallel.add_to(acc, "s", k.centered_square_sums(xr[lo * per:hi * per], mean))
+
+    var = (parallel.total(parallel.run(blocks, squares, blas=False), "s") / count).astype(dt)
+    _update_running(running_mean, running_var, mean, var, count, momentum)
+    inv_std = (1 / np.sqrt(var + dt.type(eps))).astype(dt, copy=False)
+    gam = np.ones(c, dt) if gamma is None else gamma
+    bet = np.zeros(c, dt) if beta is None else beta
+
+    def normalize(lo, hi, acc):
+        r = slice(lo * per, hi * per)
+        k.normalize(xr[r], mean, inv_std, gam, bet, hr[r], outr[r])
+
+    parallel.run(blocks, normalize, blas=False)
+    ctx.save_for_backward(x_hat, inv_std, gamma)
+    ctx.meta = ((1, -1) + (1,) * (x.ndim - 2), count, True)
+    return out
+
+
+def _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count):
+    """Training backward in two passes: the sums of g and g * x_hat, then the input gradient."""
+    dt = g.dtype
+    per = count // g.shape[0]
+    gr, hr = _rows(g), _rows(x_hat)
+    blocks = parallel.split(g)
+
+    def sums(lo, hi, acc):
+        sg, sgx = k.grad_sums(gr[lo * per:hi * per], hr[lo * per:hi * per])
+        parallel.add_to(acc, "g", sg)
+        parallel.add_to(acc, "gx", sgx)
+
+    accs = parallel.run(blocks, sums, blas=False)
+    sum_g, sum_gx = parallel.total(accs, "g").astype(dt), parallel.total(accs, "gx").astype(dt)
+    dx = None
+    if ctx.needs_input_grad[0]:
+        scale = inv_std if gamma is None else inv_std * gamma
+        a, b = scale * sum_gx / count, scale * sum_g / count
+        dx = np.empty_like(g)
+        dr = _rows(dx)
+
+        def input_grad(lo, hi, acc):
+            r = slice(lo * per, hi * per)
+            k.input_grad(gr[r], hr[r], scale, a, b, dr[r])
+
+        parallel.run(blocks, input_grad, blas=False)
+    return dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
