@@ -52,6 +52,10 @@ def main(argv=None) -> None:
     import numpy as np
     if args.framework == "cnnlab":
         import cnnlab  # imported here so that the baseline includes it
+        # Numba and batch norm's compiled float32 kernels (if installed) load on first use:
+        # use them once, on two values, so that the baseline holds them, as it holds torch
+        x = cnnlab.Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+        cnnlab.functional.batch_norm(x, None, None, training=True).sum().backward()
         cnnlab.set_num_threads(args.threads)
         step = cnnlab_step
     else:

@@ -222,4 +222,23 @@ def machine_facts(threads: int) -> list:
         ("PyTorch", f"{torch.__version__} (MKL {'yes' if torch.backends.mkl.is_available() else 'no'}, "
                     f"oneDNN {'yes' if torch.backends.mkldnn.is_available() else 'no'})"),
         ("cnnlab", f"{getattr(cnnlab, '__version__', 'dev')} at commit {commit}"),
+        ("cnnlab's optional kernels", _optional_kernels()),
     ]
+
+
+def _optional_kernels() -> str:
+    """Which of the fast extra's helpers this run has: they change what cnnlab's rows measure."""
+    import importlib.metadata as md
+
+    from cnnlab.kernels import jit, parallel
+
+    def version(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+    blocked = ("threadpoolctl " + version("threadpoolctl") + " (blocked convolutions)"
+               if parallel.can_block() and version("threadpoolctl") else "no threadpoolctl (one block per op)")
+    numba = (f"Numba {version('numba')} (batch norm loops)" if jit.kernels() is not None
+             else "no Numba (batch norm in NumPy)")
+    return f"{blocked}; {numba}"
