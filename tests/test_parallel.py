@@ -458,3 +458,41 @@ def test_importing_cnnlab_and_inference_do_not_import_numba():
             "print('numba' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+POOL_CASES = {  # kernel, stride, padding, dilation, ceil_mode
+    "2x2 tiles": ((2, 2), None, 0, 1, False),
+    "3x3 stride 2 overlapping, padded": ((3, 3), 2, 1, 1, False),
+    "dilated, ceil mode": ((2, 3), (1, 2), (1, 1), 2, True),
+    "odd size leaves a gap": ((2, 2), 3, 0, 1, False),
+}
+
+
+@pytest.mark.parametrize("path", ["numpy", "numba"])
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("case", list(POOL_CASES))
+@pytest.mark.parametrize("values", ["random", "ties and NaN"])
+def test_max_pool_channels_last_kernels_match_torch(blocking, monkeypatch, path, threads, case, values, dtype):
+    from cnnlab.functional import pooling
+    from cnnlab.kernels import jit
+    if path == "numba" and not jit.available():
+        pytest.skip("Numba is not installed (the fast extra)")
+    if path == "numpy":
+        monkeypatch.setattr(pooling, "_jit_kernels", lambda x: None)
+    seen = []
+    jit_kernels = pooling._jit_kernels
+    monkeypatch.setattr(pooling, "_jit_kernels", lambda x: seen.append(jit_kernels(x) is not None) or jit_kernels(x))
+    blocking(threads)
+    kernel, stride, padding, dilation, ceil_mode = POOL_CASES[case]
+    rng = np.random.default_rng(5)
+    shape = (3, pooling.JIT_MIN_CHANNELS + 1, 8, 6)
+    if values == "random":
+        x = rng.standard_normal(shape)
+    else:  # few distinct values (ties: the first maximum wins) and some NaN (the last NaN wins)
+        x = rng.integers(0, 3, shape).astype(float)
+        x[rng.random(shape) < 0.1] = np.nan
+    args = (kernel, stride, padding, dilation, ceil_mode)
+    check_op("max_pool2d (channels-last, " + path + ")",
+             lambda x: F.max_pool2d(_ToChannelsLast.apply(x), *args),
+             lambda x: torch.nn.functional.max_pool2d(x, *args), [x], dtype)
+    assert seen == [path == "numba"]

@@ -1,10 +1,12 @@
 """Optional Numba kernels for passes NumPy can only write as several sweeps over memory.
 
-Batch norm is the case: in NumPy its training forward pass is six array operations
+Batch norm is one case: in NumPy its training forward pass is six array operations
 (sum, subtract, square-sum, scale, multiply, add) and its backward five, each reading
-and writing the whole activation. The loops below do the same arithmetic in two
-passes forward (statistics, then normalise) and two backward (sums, then the input
-gradient), one row (a position's C channels, channels-last) at a time.
+and writing the whole activation. The loops below do the same arithmetic in three
+passes forward (mean, variance, normalise) and two backward (sums, then the input
+gradient), one row (a position's C channels, channels-last) at a time. Max pooling
+with its arg-max is the other: five NumPy operations per window tap forward and two
+backward become one pass each way.
 
 Numba is the ``fast`` extra. Without it, or with ``CNNLAB_JIT=0`` in the environment,
 :func:`kernels` returns None and callers keep their NumPy code, which stays the
@@ -12,9 +14,10 @@ reference: the tests run both. Numba is imported, and each kernel compiled, on f
 use only (the compiled code is cached on disk), so inference and ``cnnlab predict``
 never pay for it.
 
-Every kernel takes 2-D (rows, C) arrays, C-contiguous: a channels-last block of a
-batch seen as one row per position. Sums accumulate in float64 per channel, which
-keeps float32 statistics as accurate as NumPy's pairwise sums.
+The batch-norm kernels take 2-D (rows, C) arrays, C-contiguous: a channels-last block
+of a batch seen as one row per position. Sums accumulate in float64 per channel, which
+keeps float32 statistics at least as accurate as NumPy's. The pooling kernels index
+(N, H, W, C) views of channels-last memory, so their innermost loop runs along memory.
 """
 from __future__ import annotations
 
@@ -110,5 +113,48 @@ def _build():
             for j in range(g.shape[1]):
                 out[i, j] = g[i, j] * scale[j] - x_hat[i, j] * a[j] - b[j]
 
+    @jit
+    def max_pool_forward(xp, kh, kw, sh, sw, dh, dw, out, arg):
+        """Max pooling with the arg-max tap, on (N, H, W, C)-indexed arrays (the padded
+        input xp, out, arg): PyTorch's rule, a later tap wins if greater or NaN. Taps
+        outside, channels inside, so the comparisons run along memory (SIMD)."""
+        n, ho, wo, c = out.shape
+        for b in range(n):
+            for i in range(ho):
+                for j in range(wo):
+                    for ch in range(c):
+                        out[b, i, j, ch] = xp[b, i * sh, j * sw, ch]
+                        arg[b, i, j, ch] = 0
+                    for t in range(1, kh * kw):
+                        u = t // kw
+                        r, q = i * sh + u * dh, j * sw + (t - u * kw) * dw
+                        for ch in range(c):
+                            val = xp[b, r, q, ch]
+                            if val > out[b, i, j, ch] or val != val:
+                                out[b, i, j, ch] = val
+                                arg[b, i, j, ch] = t
+
+    @jit
+    def max_pool_backward(g, arg, kh, kw, sh, sw, dh, dw, tiles, dxp):
+        """Each output's gradient to its arg-max tap in dxp. ``tiles``: the windows cover
+        dxp exactly once (stride = kernel, no dilation), so every element is assigned;
+        otherwise dxp is zeroed and the taps add up (windows may overlap or leave gaps)."""
+        if not tiles:
+            dxp[...] = 0
+        n, ho, wo, c = g.shape
+        for b in range(n):
+            for i in range(ho):
+                for j in range(wo):
+                    for t in range(kh * kw):
+                        u = t // kw
+                        r, q = i * sh + u * dh, j * sw + (t - u * kw) * dw
+                        for ch in range(c):
+                            v = g[b, i, j, ch] if arg[b, i, j, ch] == t else 0
+                            if tiles:
+                                dxp[b, r, q, ch] = v
+                            else:
+                                dxp[b, r, q, ch] += v
+
     return types.SimpleNamespace(channel_sums=channel_sums, centered_square_sums=centered_square_sums,
-                                 normalize=normalize, grad_sums=grad_sums, input_grad=input_grad)
+                                 normalize=normalize, grad_sums=grad_sums, input_grad=input_grad,
+                                 max_pool_forward=max_pool_forward, max_pool_backward=max_pool_backward)
