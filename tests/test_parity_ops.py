@@ -410,6 +410,25 @@ def test_batch_norm_eval(shape, affine, dtype):
              arrays, dtype)
 
 
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=BN_IDS)
+def test_batch_norm_inference_folds_the_statistics(shape, affine, dtype):
+    """Evaluation with no gradient to follow takes the folded scale-and-shift path; the
+    values stay PyTorch's, also for a mean far from zero (the fold's worst case)."""
+    rng = np.random.default_rng(29)
+    c = shape[1]
+    rm, rv = (rng.standard_normal(c) * 50).astype(dtype), rng.uniform(0.5, 2.0, c).astype(dtype)
+    x = (rand(rng, *shape) + rm.reshape((1, c) + (1,) * (len(shape) - 2))).astype(dtype)
+    w, b = (rng.uniform(0.5, 1.5, c).astype(dtype), rand(rng, c).astype(dtype)) if affine else (None, None)
+    with cnnlab.no_grad():
+        out = F.batch_norm(cnnlab.Tensor(x), rm, rv, None if w is None else cnnlab.Tensor(w),
+                           None if b is None else cnnlab.Tensor(b), training=False)
+    want = TF.batch_norm(torch.tensor(x), torch.tensor(rm), torch.tensor(rv),
+                         None if w is None else torch.tensor(w), None if b is None else torch.tensor(b), False)
+    assert out.dtype == dtype and out._ctx is None
+    assert rel_error(out.data, want.numpy()) <= TOLERANCE[np.dtype(dtype)]
+
+
 def test_batch_norm_eval_does_not_touch_running_stats(dtype):
     rng = np.random.default_rng(28)
     rm, rv = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2.0, 3).astype(dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import InputError
-from ..autograd import Function, as_tensor
+from ..autograd import Function, as_tensor, is_grad_enabled
 from ..kernels import jit, parallel
 
 
@@ -28,11 +28,13 @@ class BatchNormFunction(Function):
     thread order."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, *, running_mean, running_var, momentum, eps, training):
+    def forward(ctx, x, gamma, beta, *, running_mean, running_var, momentum, eps, training, grad=True):
         total, dot = _channel_specs(x.ndim)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         count = x.size // x.shape[1]
         blocks = parallel.split(x)
+        if not training and not grad:
+            return _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks)
         x_hat = np.empty_like(x)                     # keeps x's memory layout (channels-last after a conv)
         k = _jit_kernels(x) if training else None
         if k is not None:
@@ -105,6 +107,25 @@ class BatchNormFunction(Function):
 
             parallel.run(blocks, input_grad, blas=False)
         return dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None
+
+
+def _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks):
+    """Evaluation with no gradient to follow (inference): the running statistics and the
+    affine parameters folded into one scale and one shift per channel, as PyTorch folds
+    them, so two passes over x instead of four, and no x_hat kept."""
+    dt = x.dtype
+    inv_std = 1 / np.sqrt(running_var.astype(np.float64) + eps)
+    scale = inv_std if gamma is None else inv_std * gamma
+    shift = -running_mean * scale if beta is None else beta - running_mean * scale
+    scale, shift = scale.astype(dt).reshape(shape), shift.astype(dt).reshape(shape)
+    out = np.empty_like(x)
+
+    def affine(lo, hi, acc):
+        np.multiply(x[lo:hi], scale, out=out[lo:hi])
+        out[lo:hi] += shift
+
+    parallel.run(blocks, affine, blas=False)
+    return out
 
 
 # ----- the same passes as Numba loops (kernels.jit), for channels-last memory -----
@@ -227,5 +248,6 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise InputError(f"{where}: expected more than 1 value per channel when training, got input of shape {x.shape}")
     if not training and (rm is None or rv is None):
         raise InputError(f"{where}: evaluation mode needs running_mean and running_var")
+    grad = is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     return BatchNormFunction.apply(x, weight, bias, running_mean=rm, running_var=rv, momentum=momentum, eps=eps,
-                                   training=training)
+                                   training=training, grad=grad)
