@@ -152,7 +152,10 @@ def section_header(report: Report, settings: Settings, args) -> None:
     mode = "quick (fewer blocks, a fraction of the epoch)" if args.quick else "full"
     report.add("# cnnlab vs PyTorch")
     report.add()
-    for label, value in timing.machine_facts(args.threads) + [("mode", mode)]:
+    reuse = ("yes (cnnlab.reuse_freed_memory, which cnnlab.train.fit calls; it is process-wide, so both "
+             "libraries' rows have it)" if args.reuse_memory else "no (not glibc)")
+    for label, value in timing.machine_facts(args.threads) + [("freed memory kept for reuse", reuse),
+                                                              ("mode", mode)]:
         report.add(f"- **{label}**: {value}")
     report.add()
     report.add(f"Times are medians over {settings.blocks} interleaved blocks per contender, with the "
@@ -561,6 +564,8 @@ def section_cold_start(report, settings, monitor) -> None:
 def run(args) -> int:
     torch.set_num_threads(args.threads)
     cnnlab.set_num_threads(args.threads)
+    # as cnnlab.train.fit does; process-wide, so PyTorch's rows get the same allocator
+    args.reuse_memory = cnnlab.reuse_freed_memory()
     settings = QUICK if args.quick else FULL
     monitor = LoadMonitor(args.threads)
     report = Report()

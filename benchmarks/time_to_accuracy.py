@@ -50,6 +50,7 @@ def run(args) -> int:
 
     torch.set_num_threads(args.threads)
     cnnlab.set_num_threads(args.threads)
+    cnnlab.reuse_freed_memory()  # as cnnlab.train.fit does; process-wide, so both runs have it
     train = data.mnist("train", data_dir=args.data_dir, download=False)
     test = data.mnist("test", data_dir=args.data_dir, download=False)
     mean_std = train.mean_std()

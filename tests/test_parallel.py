@@ -496,3 +496,28 @@ def test_max_pool_channels_last_kernels_match_torch(blocking, monkeypatch, path,
              lambda x: F.max_pool2d(_ToChannelsLast.apply(x), *args),
              lambda x: torch.nn.functional.max_pool2d(x, *args), [x], dtype)
     assert seen == [path == "numba"]
+
+
+def test_reuse_freed_memory_stops_page_faults_on_repeated_big_arrays():
+    """In a fresh process: a "step" that writes four new 8 MiB arrays and frees them
+    faults in thousands of fresh pages every time by default (glibc trims the freed heap);
+    after reuse_freed_memory the next steps reuse the pages."""
+    import subprocess
+    import sys
+    code = (
+        "import resource, sys, numpy as np, cnnlab\n"
+        "def step():\n"
+        "    arrays = [np.ones(2 << 20, np.float32) for _ in range(4)]\n"
+        "def faults():\n"
+        "    for _ in range(3): step()\n"   # warm up
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    for _ in range(10): step()\n"
+        "    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10\n"
+        "plain = faults()\n"
+        "took = cnnlab.reuse_freed_memory()\n"
+        "print(took, plain, faults())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    if out[0] != "True":
+        pytest.skip("not glibc: mallopt is unavailable")
+    plain, reused = float(out[1]), float(out[2])
+    assert plain > 1000 and reused < 50, (plain, reused)

@@ -28,6 +28,7 @@ import numpy as np
 from .. import functional as F
 from ..random import get_rng_state, set_rng_state
 from ..autograd import Tensor, no_grad
+from ..kernels.memory import reuse_freed_memory
 from ..nn.module import eval_mode, model_dtype
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
 
@@ -117,7 +118,7 @@ def _all_finite(model) -> bool:
 def fit(model, train_loader, optimizer, epochs: int, *, test_loader=None, scheduler=None,
         scheduler_interval: str = "epoch", loss_fn=F.cross_entropy, checkpoint_path: str = None,
         metrics_path: str = None, resume: bool = False, progress: bool = False, meta: dict = None,
-        log=None) -> History:
+        log=None, reuse_memory: bool = True) -> History:
     """Train ``model`` for ``epochs`` epochs.
 
     Args:
@@ -137,6 +138,9 @@ def fit(model, train_loader, optimizer, epochs: int, *, test_loader=None, schedu
         progress: show a tqdm progress bar with images per second.
         meta: JSON-able facts to store in the checkpoint (e.g. how to rebuild the model).
         log: called with one summary line per epoch (e.g. ``print``); silent by default.
+        reuse_memory: first call :func:`cnnlab.reuse_freed_memory`, so that each step's
+            arrays reuse the memory the last step freed instead of faulting in fresh pages
+            (process-wide; about 15% of a ResNet-20 step on glibc).
     """
     if scheduler_interval not in ("epoch", "batch"):
         raise ValueError(f"fit: scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}")
@@ -144,6 +148,8 @@ def fit(model, train_loader, optimizer, epochs: int, *, test_loader=None, schedu
         raise ValueError(f"fit: train_loader yields no batches ({len(train_loader.dataset)} images, "
                          f"batch_size {train_loader.batch_size}, drop_last={train_loader.drop_last})")
     log = log or (lambda *a, **k: None)
+    if reuse_memory:
+        reuse_freed_memory()
     history = History()
     settings = _loader_settings(train_loader)
     start_epoch, start_batch, partial = 0, 0, {}
