@@ -239,6 +239,6 @@ def _optional_kernels() -> str:
             return None
     blocked = ("threadpoolctl " + version("threadpoolctl") + " (blocked convolutions)"
                if parallel.can_block() and version("threadpoolctl") else "no threadpoolctl (one block per op)")
-    numba = (f"Numba {version('numba')} (batch norm loops)" if jit.kernels() is not None
-             else "no Numba (batch norm in NumPy)")
+    numba = (f"Numba {version('numba')} (batch norm and max pooling loops)" if jit.kernels() is not None
+             else "no Numba (batch norm and max pooling in NumPy)")
     return f"{blocked}; {numba}"

@@ -111,8 +111,10 @@ class MaxPool2dFunction(Function):
         (arg,) = ctx.saved_tensors
         x_shape, xp_shape, kernel, stride, dilation, pads, order, k = ctx.meta
         kh, kw = kernel
+        # the gradient in the input's layout (channels-last after a convolution), so the
+        # ReLU backward that usually follows meets two arrays of one layout; arg has it too
+        grad = in_order(grad, order)
         if k is not None:
-            grad = in_order(grad, order)
             dxp = empty_in_order(xp_shape, order, grad.dtype)
             gl, al, dl = grad.transpose(0, 2, 3, 1), arg.transpose(0, 2, 3, 1), dxp.transpose(0, 2, 3, 1)
             _, ho, wo, _ = gl.shape
@@ -120,9 +122,6 @@ class MaxPool2dFunction(Function):
             parallel.run(parallel.split(gl), lambda lo, hi, acc: k.max_pool_backward(
                 gl[lo:hi], al[lo:hi], kh, kw, *stride, *dilation, tiles, dl[lo:hi]), blas=False)
             return (pad2d_backward(dxp, x_shape, pads),)
-        # the gradient in the input's layout (channels-last after a convolution), so the
-        # ReLU backward that usually follows meets two arrays of one layout; arg has it too
-        grad = in_order(grad, order)
         dxp = empty_in_order(xp_shape, order, grad.dtype, zeros=True)
         dwin = windows(dxp, kernel, stride, dilation, writeable=True)
         # windows share inputs if a stride is shorter than the (dilated) window

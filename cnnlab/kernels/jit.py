@@ -51,7 +51,7 @@ def kernels():
                     try:
                         _kernels = _build()
                     except ImportError as e:  # installed, but not importable (say, too old for this NumPy)
-                        warnings.warn(f"cnnlab: Numba could not be imported ({e}); batch norm runs on NumPy",
+                        warnings.warn(f"cnnlab: Numba could not be imported ({e}); batch norm and max pooling run on NumPy",
                                       RuntimeWarning, stacklevel=2)
     return _kernels or None
 
