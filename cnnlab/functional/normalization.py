@@ -25,7 +25,10 @@ class BatchNormFunction(Function):
 
     Large inputs run every pass over blocks of the batch on cnnlab's threads
     (``kernels.parallel.split``); per-channel sums are added up per thread and then in
-    thread order."""
+    thread order. Three paths, each tested against PyTorch: training on channels-last
+    memory with Numba installed runs compiled loops (``_forward_jit``/``_backward_jit``);
+    otherwise NumPy passes; evaluation with no gradient to follow folds the statistics
+    into one scale and shift (``_evaluate``)."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, *, running_mean, running_var, momentum, eps, training, grad=True):
