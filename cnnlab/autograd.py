@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 
 import numpy as np
@@ -353,7 +354,7 @@ class Tensor:
     def flatten(self, start_dim=0, end_dim=-1):
         nd = self.ndim
         s, e = start_dim % nd if nd else 0, end_dim % nd if nd else 0
-        shape = self.shape[:s] + (int(np.prod(self.shape[s:e + 1])),) + self.shape[e + 1:]
+        shape = self.shape[:s] + (math.prod(self.shape[s:e + 1]),) + self.shape[e + 1:]
         return self.reshape(shape)
 
     def permute(self, *dims):

@@ -12,7 +12,8 @@ import numbers
 import numpy as np
 
 from .._errors import InputError, check_float, check_rank, pair
-from ..kernels import jit, pad2d, pad2d_backward, parallel, windows
+from ..kernels import jit, out_size, pad2d, pad2d_backward, parallel, windows
+from ..kernels.windows import tap
 from ..kernels.padding import axis_order, empty_in_order, in_order
 from ..autograd import Function, Tensor, as_tensor, is_grad_enabled
 
@@ -83,13 +84,15 @@ class MaxPool2dFunction(Function):
     @staticmethod
     def forward(ctx, x, *, kernel, stride, dilation, pads, with_arg):
         xp = pad2d(x, pads, "zeros", value=-np.inf, order="K")
-        win = windows(xp, kernel, stride, dilation)                     # N C Ho Wo KH KW, a view
         if not with_arg:
             kh, kw = kernel
-            out = win[..., 0, 0].copy(order="K")
-            for t in range(1, kh * kw):
-                np.maximum(out, win[..., t // kw, t % kw], out=out)     # propagates NaN, as PyTorch does
+            out_hw = (out_size(xp.shape[2], kh, stride[0], dilation[0]),
+                      out_size(xp.shape[3], kw, stride[1], dilation[1]))
+            out = tap(xp, 0, 0, out_hw, stride, dilation).copy(order="K")
+            for t in range(1, kh * kw):                                 # maximum propagates NaN, as PyTorch does
+                np.maximum(out, tap(xp, t // kw, t % kw, out_hw, stride, dilation), out=out)
             return out
+        win = windows(xp, kernel, stride, dilation)                     # N C Ho Wo KH KW, a view
         k = _jit_kernels(x)
         if k is not None:  # one compiled pass (kernels.jit), per block of the batch on cnnlab's threads
             n, c, ho, wo = win.shape[:4]

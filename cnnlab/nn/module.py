@@ -96,8 +96,9 @@ class Module:
                 e.where = self
                 e.args = (f"{self._short_repr()}: {e.args[0]}",) + e.args[1:]
             raise
-        for fn in list(_call_observers):
-            fn(self, args, out)
+        if _call_observers:
+            for fn in list(_call_observers):
+                fn(self, args, out)
         return out
 
     # ----- discovery -----
