@@ -17,6 +17,7 @@ import threading
 import numpy as np
 
 from .kernels import parallel
+from .kernels.padding import empty_like_layout
 
 _state = threading.local()
 
@@ -54,7 +55,7 @@ def _accumulate(total: np.ndarray, grad: np.ndarray, value: np.ndarray) -> np.nd
     the tensor's value: NumPy picks C order when the two gradients' layouts differ, and
     every pass after would then stride across channels-last memory. A new array: either
     gradient may be an op's own array."""
-    out = np.empty_like(value, dtype=np.result_type(total, grad))
+    out = empty_like_layout(value.shape, value, dtype=np.result_type(total, grad))
     return parallel.elementwise(np.add, total, grad, out=out)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .autograd import Function, Tensor, unbroadcast
 from .kernels import parallel
-from .kernels.padding import axis_order, empty_in_order
+from .kernels.padding import axis_order, empty_in_order, empty_like_layout
 
 
 # ----- elementwise arithmetic -----
@@ -21,7 +21,7 @@ class Add(Function):
             return a + b
         # same shape (a residual sum): in a's layout, which NumPy does not keep when b's
         # differs, and over cnnlab's threads
-        return parallel.elementwise(np.add, a, b, out=np.empty_like(a, dtype=np.result_type(a, b)))
+        return parallel.elementwise(np.add, a, b, out=empty_like_layout(a.shape, a, dtype=np.result_type(a, b)))
 
     @staticmethod
     def backward(ctx, g):

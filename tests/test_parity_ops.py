@@ -61,6 +61,18 @@ def test_max_pool2d_all_negative_with_padding(dtype):
     check_op("max_pool2d", lambda x: F.max_pool2d(x, 3, 2, 1), lambda x: TF.max_pool2d(x, 3, 2, 1), [x], dtype)
 
 
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1),
+                                dict(kernel_size=(3, 2), stride=1, padding=(1, 1), dilation=(1, 2))],
+                         ids=["k3s2p1", "dilated"])
+def test_max_pool2d_minus_inf_windows_pick_their_first_real_element(kw, dtype):
+    """A window whose real values are all -inf: PyTorch's search starts at its first real
+    element, so the index and the gradient go there, never to the padding."""
+    rng = np.random.default_rng(6)
+    x = np.where(rng.random((2, 2, 7, 6)) < 0.85, -np.inf, rng.standard_normal((2, 2, 7, 6)))
+    check_op("max_pool2d", lambda x: F.max_pool2d(x, return_indices=True, **kw),
+             lambda x: TF.max_pool2d(x, return_indices=True, **kw), [x], dtype)
+
+
 @pytest.mark.parametrize("case", ["k2", "k3s2p1", "overlap", "dilation"])
 def test_max_pool2d_ties_go_to_the_first_maximum(case, dtype):
     """Few distinct values, so most windows hold several maxima: forward, gradient and

@@ -6,6 +6,7 @@ import numpy as np
 from .._errors import InputError
 from ..autograd import Function, as_tensor, is_grad_enabled
 from ..kernels import jit, parallel
+from ..kernels.padding import axis_order, in_order
 
 
 def _channel_specs(ndim):
@@ -82,8 +83,7 @@ class BatchNormFunction(Function):
         shape, count, training = ctx.meta
         k = _jit_kernels(x_hat) if training else None
         if k is not None:
-            if _rows(g) is None:         # g laid out otherwise (or broadcast): one copy into x's layout
-                g = _copy(g, like=x_hat)
+            g = in_order(g, axis_order(x_hat))   # g laid out otherwise (or broadcast): one copy into x's
             return _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count)
         total, dot = _channel_specs(g.ndim)
         blocks = parallel.split(g)
@@ -137,12 +137,6 @@ def _rows(a):
     memory), or None if a is laid out otherwise."""
     t = a.transpose((0,) + tuple(range(2, a.ndim)) + (1,))
     return t.reshape(-1, a.shape[1]) if t.flags.c_contiguous else None
-
-
-def _copy(a, like):
-    out = np.empty_like(like)
-    out[...] = a
-    return out
 
 
 def _jit_kernels(x):

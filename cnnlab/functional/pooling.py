@@ -105,6 +105,7 @@ class MaxPool2dFunction(Function):
             arg = arg.transpose(0, 3, 1, 2)
         else:
             out, arg = _max_and_argmax(win, has_nan=bool(x.size) and np.isnan(x.max()))
+        _minus_inf_to_first_real(out, arg, kernel, stride, dilation, pads)
         ctx.save_for_backward(arg)
         ctx.meta = (x.shape, xp.shape, kernel, stride, dilation, pads, axis_order(x), k)
         return out
@@ -140,6 +141,25 @@ class MaxPool2dFunction(Function):
             else:
                 np.multiply(grad, is_t, out=target)
         return (pad2d_backward(dxp, x_shape, pads),)
+
+
+def _minus_inf_to_first_real(out, arg, kernel, stride, dilation, pads) -> None:
+    """PyTorch starts each window's search at its first real (unpadded) element, so a
+    window whose real values are all -inf picks that element; searching the -inf-padded
+    input leaves such a window on a padding tap, and its gradient (or index) would be lost.
+    Moves those windows' arg-max (in place) to their first real tap."""
+    top, left = pads[0], pads[2]
+    if not (top or left):
+        return                                  # then tap 0 is real, where the search left it
+    lost = out == -np.inf
+    if not lost.any():
+        return
+    ho, wo = out.shape[-2:]
+    # first tap row u (column v) whose padded coordinate is past the top (left) padding
+    u0 = np.maximum(0, -((np.arange(ho) * stride[0] - top) // dilation[0]))
+    v0 = np.maximum(0, -((np.arange(wo) * stride[1] - left) // dilation[1]))
+    first = (u0[:, None] * kernel[1] + v0[None, :]).astype(arg.dtype)
+    np.copyto(arg, np.broadcast_to(first, arg.shape), where=lost)
 
 
 # below this many channels the compiled loops' innermost run is too short to beat the
@@ -191,7 +211,8 @@ def _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_ind
         return out
     # recompute the arg-max to report flat indices into the unpadded H*W plane
     win = windows(pad2d(x.data, pads, "zeros", value=-np.inf), kernel, stride, dilation)
-    _, arg = _max_and_argmax(win, has_nan=bool(x.size) and np.isnan(x.data.max()))
+    maxima, arg = _max_and_argmax(win, has_nan=bool(x.size) and np.isnan(x.data.max()))
+    _minus_inf_to_first_real(maxima, arg, kernel, stride, dilation, pads)
     ki, kj = np.divmod(arg, kernel[1])
     rows = np.arange(out_hw[0])[:, None] * stride[0] - padding[0] + ki * dilation[0]
     cols = np.arange(out_hw[1])[None, :] * stride[1] - padding[1] + kj * dilation[1]

@@ -41,18 +41,20 @@ def available() -> bool:
 
 
 def kernels():
-    """The namespace of compiled kernels, or None without Numba (or with CNNLAB_JIT=0)."""
+    """The namespace of compiled kernels, or None without Numba (or with CNNLAB_JIT=0, read
+    at the first call). A thread that asks while another builds them waits for the result."""
     global _kernels
     if _kernels is None:
         with _lock:
             if _kernels is None:
-                _kernels = False
+                built = False
                 if available():
                     try:
-                        _kernels = _build()
-                    except ImportError as e:  # installed, but not importable (say, too old for this NumPy)
-                        warnings.warn(f"cnnlab: Numba could not be imported ({e}); batch norm and max pooling run on NumPy",
-                                      RuntimeWarning, stacklevel=2)
+                        built = _build()
+                    except Exception as e:  # noqa: BLE001 - e.g. a Numba too old for this NumPy
+                        warnings.warn(f"cnnlab: Numba kernels unavailable ({type(e).__name__}: {e}); batch norm "
+                                      "and max pooling run on NumPy", RuntimeWarning, stacklevel=2)
+                _kernels = built
     return _kernels or None
 
 
@@ -62,7 +64,13 @@ def _build():
     import numba
     import numpy as np
 
-    jit = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
+    def jit(fn):
+        # compiled code is cached beside this file (or in the user's cache folder); where
+        # neither is writable, Numba refuses cache=True, and the kernels compile per process
+        try:
+            return numba.njit(nogil=True, cache=True, error_model="numpy")(fn)
+        except RuntimeError:
+            return numba.njit(nogil=True, cache=False, error_model="numpy")(fn)
 
     @jit
     def channel_sums(x):

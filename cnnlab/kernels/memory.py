@@ -16,6 +16,7 @@ its steady state anyway. :func:`cnnlab.train.fit` calls it.
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc's <malloc.h> parameter numbers
@@ -28,14 +29,17 @@ _state = None     # None: not asked yet; then whether it took effect
 
 def reuse_freed_memory() -> bool:
     """Make the C allocator keep freed memory for the process's next allocations (see the
-    module's notes). Returns whether it took effect: False where the C library is not
-    glibc (macOS, musl), which cnnlab then simply runs without. Calling again is free."""
+    module's notes), for the rest of the process. Returns whether it took effect: False
+    off Linux or where the C library is not glibc, which cnnlab then simply runs without.
+    Calling again is free."""
     global _state
     with _lock:
         if _state is None:
             try:
-                mallopt = ctypes.CDLL(None).mallopt
-            except (OSError, AttributeError):
+                mallopt = ctypes.CDLL(None).mallopt if sys.platform.startswith("linux") else None
+            except (OSError, AttributeError, TypeError):   # not glibc (musl has no mallopt)
+                mallopt = None
+            if mallopt is None:
                 _state = False
             else:
                 mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int

@@ -35,19 +35,19 @@ def empty_in_order(shape, order, dtype, zeros: bool = False) -> np.ndarray:
     return out.transpose(np.argsort(order))
 
 
-def empty_like_layout(shape, like: np.ndarray, zeros: bool = False) -> np.ndarray:
-    """An empty (or zero) array of ``shape`` whose axes lie in memory in the same order as
-    those of ``like`` (same number of axes): a channels-last array viewed as NCHW gives a
-    channels-last result, so padding and pooling gradients keep the layout convolutions
-    produce."""
-    return empty_in_order(shape, axis_order(like), like.dtype, zeros)
+def empty_like_layout(shape, like: np.ndarray, zeros: bool = False, dtype=None) -> np.ndarray:
+    """An empty (or zero) array of ``shape`` (default dtype: ``like``'s) whose axes lie in
+    memory in the same order as those of ``like`` (same number of axes): a channels-last
+    array viewed as NCHW gives a channels-last result, so padding, pooling gradients and
+    residual sums keep the layout convolutions produce."""
+    return empty_in_order(shape, axis_order(like), like.dtype if dtype is None else dtype, zeros)
 
 
 def in_order(a: np.ndarray, order) -> np.ndarray:
-    """``a`` itself if its axes lie in memory in ``order``, else a copy that does.
-    Elementwise passes over arrays of different layouts crawl; a gradient can be brought
-    to its input's layout once, where it is smallest."""
-    if axis_order(a) == tuple(order):
+    """``a`` itself if it is contiguous with its axes in memory in ``order``, else a copy
+    that is. Elementwise passes over arrays of different layouts crawl; a gradient can be
+    brought to its input's layout once, where it is smallest."""
+    if a.transpose(order).flags.c_contiguous:
         return a
     out = empty_in_order(a.shape, order, a.dtype)
     out[...] = a
