@@ -140,7 +140,9 @@ def fit(model, train_loader, optimizer, epochs: int, *, test_loader=None, schedu
         log: called with one summary line per epoch (e.g. ``print``); silent by default.
         reuse_memory: first call :func:`cnnlab.reuse_freed_memory`, so that each step's
             arrays reuse the memory the last step freed instead of faulting in fresh pages
-            (process-wide; about 15% of a ResNet-20 step on glibc).
+            (15-20% of a step on glibc). It changes the C allocator's settings for the
+            whole process and for good: the process keeps the memory it frees, so its
+            resident size stays near the training peak. Pass False to leave them alone.
     """
     if scheduler_interval not in ("epoch", "batch"):
         raise ValueError(f"fit: scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}")
