@@ -567,3 +567,21 @@ def test_reuse_freed_memory_stops_page_faults_on_repeated_big_arrays():
         pytest.skip("not glibc: mallopt is unavailable")
     plain, reused = float(out[1]), float(out[2])
     assert plain > 1000 and reused < 50, (plain, reused)
+
+
+def test_the_callers_errstate_holds_on_every_thread(blocking):
+    """np.errstate is a context variable: the blocks run on cnnlab's threads must see the
+    caller's, or an overflow the caller silenced warns from a worker (or one it made an
+    error passes silently)."""
+    blocking(3)
+    x = np.full((6, 2, 4, 4), np.inf)
+    w = np.ones((3, 2, 3, 3))
+    w[:, 1] = -1                                                     # inf - inf in every window: NaN
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="ignore"):
+            out = F.conv2d(cnnlab.Tensor(x), cnnlab.Tensor(w), padding=1)
+    assert np.isnan(out.data).all()
+    with np.errstate(invalid="raise"), pytest.raises(FloatingPointError):
+        F.conv2d(cnnlab.Tensor(x), cnnlab.Tensor(w), padding=1)

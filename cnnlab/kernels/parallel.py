@@ -30,6 +30,7 @@ bit-identical results.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 import threading
@@ -212,7 +213,9 @@ def run(block_list, fn, flops=None, blas=True):
     with _blas_limited(blas):
         if threads == 1:
             return [work(0)]
-        futures = [_get_pool().submit(work, t) for t in range(1, threads)]
+        # each worker runs in a copy of the caller's context, so that NumPy's error state
+        # (np.errstate, a context variable) governs the caller's blocks on every thread
+        futures = [_get_pool().submit(contextvars.copy_context().run, work, t) for t in range(1, threads)]
         results, errors = [None] * threads, [None] * threads
         try:
             results[0] = work(0)  # the calling thread takes a share instead of waiting idle
