@@ -136,12 +136,7 @@ class ReLU(Function):
 
     @staticmethod
     def forward(ctx, a):
-        blocks = parallel.split(a)
-        if len(blocks) == 1:
-            out = np.maximum(a, 0)
-        else:
-            out = np.empty_like(a)
-            parallel.run(blocks, lambda lo, hi, acc: np.maximum(a[lo:hi], 0, out=out[lo:hi]), blas=False)
+        out = parallel.elementwise(np.maximum, a, 0, out=np.empty_like(a))
         ctx.save_for_backward(out)
         return out
 
@@ -377,7 +372,7 @@ class Concat(Function):
         shape[axis] = sum(ctx.sizes)
         # in the first array's layout (channels-last stays channels-last: a ResNet's
         # zero-padded shortcut), where NumPy's own result would be C-contiguous
-        out = empty_in_order(shape, axis_order(arrays[0]), np.result_type(*arrays))
+        out = empty_like_layout(shape, arrays[0], dtype=np.result_type(*arrays))
         return np.concatenate(arrays, axis=axis, out=out)
 
     @staticmethod

@@ -42,7 +42,8 @@ class BatchNormFunction(Function):
         x_hat = np.empty_like(x)                     # keeps x's memory layout (channels-last after a conv)
         k = _jit_kernels(x) if training else None
         if k is not None:
-            return _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momentum, eps, blocks)
+            return _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momentum, eps, blocks,
+                                shape, count)
         if training:
             def channel_sums(lo, hi, acc):
                 parallel.add_to(acc, "s", np.einsum(total, x[lo:hi]))
@@ -153,11 +154,10 @@ def _update_running(running_mean, running_var, mean, var, count, momentum):
             run += run.dtype.type(momentum) * batch
 
 
-def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momentum, eps, blocks):
+def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momentum, eps, blocks, shape, count):
     """Training forward in three passes over x (sum, centred square sum, normalise), per
     block of the batch on cnnlab's threads; partial sums are added in thread order."""
     c, dt = x.shape[1], x.dtype
-    count = x.size // c
     per = count // x.shape[0]                       # rows (positions) per sample
     xr, hr = _rows(x), _rows(x_hat)
     out = np.empty_like(x)
@@ -184,7 +184,7 @@ def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momen
 
     parallel.run(blocks, normalize, blas=False)
     ctx.save_for_backward(x_hat, inv_std, gamma)
-    ctx.meta = ((1, -1) + (1,) * (x.ndim - 2), count, True)
+    ctx.meta = (shape, count, True)
     return out
 
 
