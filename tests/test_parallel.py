@@ -585,3 +585,72 @@ def test_the_callers_errstate_holds_on_every_thread(blocking):
     assert np.isnan(out.data).all()
     with np.errstate(invalid="raise"), pytest.raises(FloatingPointError):
         F.conv2d(cnnlab.Tensor(x), cnnlab.Tensor(w), padding=1)
+
+
+# ----- linear layers' products (kernels.gemm) -----
+@pytest.fixture
+def split_products(blocking, monkeypatch):
+    """Every product split over the threads (or, with ``split=False``, held on one)."""
+    from cnnlab.kernels import gemm
+
+    def configure(threads, split=True, controllable=True):
+        blocking(threads, controllable=controllable)
+        monkeypatch.setattr(gemm, "BLAS_THREADS_MNK", 0)
+        monkeypatch.setattr(parallel, "SMALL_FLOPS", 0 if split else 10**18)
+    return configure
+
+
+@pytest.mark.parametrize("threads,split", [(1, True), (2, False), (2, True), (3, True)])
+@pytest.mark.parametrize("xs", [(7, 4), (4,), (2, 5, 4), (1, 4), (0, 4)], ids=["2d", "1d", "3d", "one_row", "empty"])
+def test_linear_on_threads_matches_torch(split_products, threads, split, xs, dtype):
+    split_products(threads, split)
+    rng = np.random.default_rng(13)
+    arrays = [rng.standard_normal(xs), rng.standard_normal((3, 4)), rng.standard_normal(3)]
+    import torch.nn.functional as TF
+    check_op("linear (threads)", F.linear, TF.linear, arrays, dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_gemm_products_match_numpy(split_products, threads):
+    from cnnlab.kernels import gemm
+    split_products(threads)
+    rng = np.random.default_rng(14)
+    a, b, c = rng.standard_normal((11, 6)), rng.standard_normal((5, 6)), rng.standard_normal((11, 5))
+    np.testing.assert_allclose(gemm.matmul(a, b.T), a @ b.T, rtol=1e-12)      # a transposed operand
+    np.testing.assert_allclose(gemm.matmul_tn(a, c), a.T @ c, rtol=1e-12)     # a sum over the rows
+    assert gemm.matmul(a[:0], b.T).shape == (0, 5) and not gemm.matmul_tn(a[:0], c[:0]).any()
+    assert gemm.matmul(a[:2], b.T).shape == (2, 5)                         # fewer rows than threads
+
+
+def test_linear_products_hold_blas_to_one_thread(split_products, monkeypatch):
+    """The reason kernels.gemm exists: a linear layer's products must not wake BLAS's own
+    threads (which then spin and take cores from cnnlab's); too small ones are left alone."""
+    from cnnlab.kernels import gemm
+    blas = FakeBLAS(8)
+    monkeypatch.setattr(parallel, "_blas_controllers", lambda: [blas])
+    seen, matmul = [], np.matmul
+
+    def spy(*args, **kwargs):
+        seen.append(blas.n)
+        return matmul(*args, **kwargs)
+
+    monkeypatch.setattr(np, "matmul", spy)
+    x, w = cnnlab.Tensor(np.ones((4, 6)), requires_grad=True), cnnlab.Tensor(np.ones((3, 6)), requires_grad=True)
+    for threads, split in ((2, True), (2, False)):
+        split_products(threads, split)
+        seen.clear()
+        F.linear(x, w).sum().backward()
+        assert seen and set(seen) == {1}, (threads, split, seen)
+        assert blas.n == 8                                                   # restored afterwards
+    monkeypatch.setattr(gemm, "BLAS_THREADS_MNK", 10**9)                     # "too small": plain products
+    seen.clear()
+    assert gemm.matmul(np.ones((4, 6)), np.ones((6, 3))).shape == (4, 3) and seen == []
+
+
+def test_linear_without_threadpoolctl_uses_plain_products(split_products):
+    split_products(2, controllable=False)
+    from cnnlab.kernels import gemm
+    assert gemm._plan(100, 100, 100) is None
+    rng = np.random.default_rng(15)
+    import torch.nn.functional as TF
+    check_op("linear (threads)", F.linear, TF.linear, [rng.standard_normal((9, 4)), rng.standard_normal((3, 4))])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import InputError, check_rank
-from ..kernels import pad2d, pad2d_backward
+from ..kernels import gemm, pad2d, pad2d_backward
 from ..kernels.padding import MODES as PADDING_MODES
 from ..random import generator
 from ..autograd import Function, as_tensor
@@ -16,7 +16,9 @@ class LinearFunction(Function):
 
     @staticmethod
     def forward(ctx, x, w, b):
-        out = x @ w.T
+        # the leading axes flattened into rows; products on cnnlab's threads (kernels.gemm)
+        out = gemm.matmul(x, w.T) if x.ndim == 2 else \
+            gemm.matmul(x.reshape(-1, x.shape[-1]), w.T).reshape(x.shape[:-1] + (w.shape[0],))
         if b is not None:
             out += b
         ctx.save_for_backward(x, w)
@@ -26,10 +28,10 @@ class LinearFunction(Function):
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx = g @ w if need_x else None
-        # weight sharing over the leading axes: sum their outer products
         g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
-        dw = g2.T @ x2 if need_w else None
+        dx = gemm.matmul(g2, w).reshape(x.shape) if need_x else None
+        # weight sharing over the leading axes: sum their outer products
+        dw = gemm.matmul_tn(g2, x2) if need_w else None
         db = g2.sum(axis=0) if need_b else None
         return dx, dw, db
 

@@ -176,7 +176,7 @@ def add_to(acc: dict, key: str, value) -> None:
 SMALL_FLOPS = 20_000_000
 
 
-def run(block_list, fn, flops=None, blas=True):
+def run(block_list, fn, flops=None, blas=True, hold_blas=False):
     """Call ``fn(lo, hi, acc)`` for every block, block i on thread i mod T, and return the
     list of per-thread accumulators (one per thread that ran; ``acc`` is a dict a thread
     keeps across its blocks, for reductions such as a weight gradient).
@@ -186,6 +186,8 @@ def run(block_list, fn, flops=None, blas=True):
     thread, and BLAS keeps its own threads then, unless ``flops`` (the whole call's
     matrix-multiply work) says the product is too small for them to pay: on batch-1
     inference a multi-threaded BLAS can take 10x longer on a busy machine.
+    ``hold_blas``: hold BLAS to one thread even for a single block (see
+    :mod:`cnnlab.kernels.gemm` for why).
 
     If a block raises, its thread stops, the other threads finish their blocks, and then
     the first exception in thread order is raised: nothing still writes into the
@@ -195,7 +197,7 @@ def run(block_list, fn, flops=None, blas=True):
     if len(block_list) == 1 or nested:
         acc = {}
         small = flops is not None and flops < SMALL_FLOPS
-        with _blas_limited(blas and small and not nested):
+        with _blas_limited(blas and (small or hold_blas) and not nested):
             for lo, hi in block_list:
                 fn(lo, hi, acc)
         return [acc]
