@@ -97,14 +97,19 @@ class MaxPool2dFunction(Function):
         if k is not None:  # one compiled pass (kernels.jit), per block of the batch on cnnlab's threads
             n, c, ho, wo = win.shape[:4]
             out_l = np.empty((n, ho, wo, c), x.dtype)                   # channels-last, as x
-            arg = np.empty((n, ho, wo, c), np.uint8 if kernel[0] * kernel[1] <= 256 else np.int32)
+            arg = np.empty((n, ho, wo, c), _arg_dtype(kernel))
             xl = xp.transpose(0, 2, 3, 1)
             parallel.run(parallel.split(out_l), lambda lo, hi, acc: k.max_pool_forward(
                 xl[lo:hi], *kernel, *stride, *dilation, out_l[lo:hi], arg[lo:hi]), blas=False)
             out = out_l.transpose(0, 3, 1, 2)
             arg = arg.transpose(0, 3, 1, 2)
-        else:
-            out, arg = _max_and_argmax(win, has_nan=bool(x.size) and np.isnan(x.max()))
+        else:  # NumPy tap loops, per block of the batch on cnnlab's threads
+            has_nan = bool(x.size) and np.isnan(x.max())
+            order = axis_order(xp)
+            out = empty_in_order(win.shape[:4], order, x.dtype)                 # x's layout
+            arg = empty_in_order(win.shape[:4], order, _arg_dtype(kernel))
+            parallel.run(parallel.split(out), lambda lo, hi, acc: _max_and_argmax(
+                win[lo:hi], has_nan, out[lo:hi], arg[lo:hi]), blas=False)
         _minus_inf_to_first_real(out, arg, kernel, stride, dilation, pads)
         ctx.save_for_backward(arg)
         ctx.meta = (x.shape, xp.shape, kernel, stride, dilation, pads, axis_order(x), k)
@@ -118,28 +123,35 @@ class MaxPool2dFunction(Function):
         # the gradient in the input's layout (channels-last after a convolution), so the
         # ReLU backward that usually follows meets two arrays of one layout; arg has it too
         grad = in_order(grad, order)
+        _, _, ho, wo = grad.shape
+        # the windows cover the padded input exactly once: every element of dxp is written
+        tiles = dilation == (1, 1) and stride == kernel and xp_shape[2:] == (ho * kh, wo * kw)
         if k is not None:
             dxp = empty_in_order(xp_shape, order, grad.dtype)
             gl, al, dl = grad.transpose(0, 2, 3, 1), arg.transpose(0, 2, 3, 1), dxp.transpose(0, 2, 3, 1)
-            _, ho, wo, _ = gl.shape
-            tiles = (dilation == (1, 1) and stride == kernel and xp_shape[2:] == (ho * kh, wo * kw))
             parallel.run(parallel.split(gl), lambda lo, hi, acc: k.max_pool_backward(
                 gl[lo:hi], al[lo:hi], kh, kw, *stride, *dilation, tiles, dl[lo:hi]), blas=False)
             return (pad2d_backward(dxp, x_shape, pads),)
-        dxp = empty_in_order(xp_shape, order, grad.dtype, zeros=True)
+        dxp = empty_in_order(xp_shape, order, grad.dtype)
         dwin = windows(dxp, kernel, stride, dilation, writeable=True)
         # windows share inputs if a stride is shorter than the (dilated) window
         overlap = stride[0] < dilation[0] * (kh - 1) + 1 or stride[1] < dilation[1] * (kw - 1) + 1
         hit = np.empty_like(grad) if overlap else None
         is_t = np.empty_like(arg, dtype=bool)
-        for t in range(kh * kw):
-            np.equal(arg, t, out=is_t)
-            target = dwin[..., t // kw, t % kw]      # one tap's view never repeats an element
-            if overlap:
-                np.multiply(grad, is_t, out=hit)
-                target += hit
-            else:
-                np.multiply(grad, is_t, out=target)
+
+        def block(lo, hi, acc):  # per block of the batch on cnnlab's threads
+            if not tiles:        # then some elements are in no window, or in several
+                dxp[lo:hi] = 0
+            for t in range(kh * kw):
+                np.equal(arg[lo:hi], t, out=is_t[lo:hi])
+                target = dwin[lo:hi, ..., t // kw, t % kw]   # one tap's view never repeats an element
+                if overlap:
+                    np.multiply(grad[lo:hi], is_t[lo:hi], out=hit[lo:hi])
+                    target += hit[lo:hi]
+                else:
+                    np.multiply(grad[lo:hi], is_t[lo:hi], out=target)
+
+        parallel.run(parallel.split(grad), block, blas=False)
         return (pad2d_backward(dxp, x_shape, pads),)
 
 
@@ -176,14 +188,21 @@ def _jit_kernels(x):
     return jit.kernels()
 
 
-def _max_and_argmax(win, has_nan):
+def _arg_dtype(kernel):
+    return np.uint8 if kernel[0] * kernel[1] <= 256 else np.int32
+
+
+def _max_and_argmax(win, has_nan, out=None, arg=None):
     """Each window's maximum and the tap PyTorch's max pooling picks: the first maximum,
     or, in a window holding NaN, the last NaN (its rule: take a value that is greater, or
     NaN). ``has_nan``: whether the input holds any NaN (one cheap check up front spares
-    an isnan pass per tap)."""
+    an isnan pass per tap). Written into ``out`` and ``arg`` where given."""
     kh, kw = win.shape[-2:]
-    out = win[..., 0, 0].copy(order="K")
-    arg = np.zeros_like(out, dtype=np.uint8 if kh * kw <= 256 else np.int32)
+    if out is None:
+        out = np.empty_like(win[..., 0, 0], order="K")
+        arg = np.empty_like(out, dtype=_arg_dtype((kh, kw)))
+    np.copyto(out, win[..., 0, 0])
+    arg.fill(0)
     take = np.empty_like(out, dtype=bool)
     step = np.empty_like(arg)
     for t in range(1, kh * kw):
