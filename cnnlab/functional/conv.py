@@ -221,8 +221,10 @@ class Conv2dFunction(Function):
             nb = hi - lo
             gb = grad[lo:hi].transpose(0, 2, 3, 1)                                    # nb Ho Wo F
             if need_dw or need_db or not gather:
-                gm = parallel.workspace(1, (nb, ho, wo, f), grad.dtype)
-                np.copyto(gm, gb)                                                     # channels-last copy
+                gm = gb                     # the gradient usually arrives channels-last already
+                if not gm.flags.c_contiguous:
+                    gm = parallel.workspace(1, (nb, ho, wo, f), grad.dtype)
+                    np.copyto(gm, gb)                                                 # channels-last copy
                 if need_db:  # tied: sum over N, Ho, Wo; untied (Ho Wo F): over N only
                     # the tied sum as ones @ (M, F): numpy's sum down the rows of a matrix
                     # only a few columns wide is ten times slower than this BLAS pass
