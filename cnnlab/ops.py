@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .autograd import Function, Tensor, unbroadcast
-from .kernels import parallel
+from .kernels import gemm, parallel
 from .kernels.padding import axis_order, empty_in_order, empty_like_layout
 
 
@@ -200,14 +200,20 @@ class Clamp(Function):
 
 
 class MatMul(Function):
+    """``a @ b`` with NumPy's broadcasting rules. Products of two matrices run on cnnlab's
+    threads with BLAS held to one thread, as a linear layer's do (kernels.gemm says why)."""
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
-        return a @ b
+        return gemm.matmul(a, b) if a.ndim == b.ndim == 2 else a @ b
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
+        if a.ndim == b.ndim == 2:
+            return (gemm.matmul(g, b.T) if ctx.needs_input_grad[0] else None,
+                    gemm.matmul_tn(a, g) if ctx.needs_input_grad[1] else None)
         # 1-D operands are promoted to matrices as np.matmul does, then squeezed back
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b

@@ -610,6 +610,15 @@ def test_linear_on_threads_matches_torch(split_products, threads, split, xs, dty
     check_op("linear (threads)", F.linear, TF.linear, arrays, dtype)
 
 
+@pytest.mark.parametrize("threads,split", [(2, False), (3, True)])
+@pytest.mark.parametrize("shapes", [((7, 4), (4, 3)), ((1, 4), (4, 3)), ((0, 4), (4, 3))], ids=["2d", "one_row", "empty"])
+def test_matrix_product_on_threads_matches_torch(split_products, threads, split, shapes, dtype):
+    split_products(threads, split)
+    rng = np.random.default_rng(16)
+    check_op("matmul (threads)", lambda a, b: a @ b, lambda a, b: a @ b,
+             [rng.standard_normal(shapes[0]), rng.standard_normal(shapes[1])], dtype)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_gemm_products_match_numpy(split_products, threads):
     from cnnlab.kernels import gemm
