@@ -9,8 +9,8 @@ follow: a LeNet-5 training step at batch 256 took 32 ms with BLAS threads there 
 convolution's blocks: rows split over cnnlab's threads (for products big enough to pay
 for the hand-off), BLAS held to one thread while they run.
 
-Products too small for OpenBLAS to thread (M*N*K below 2 * 65536 * 4, its
-``interface/gemm.c`` threshold) are left to plain ``np.matmul``: holding BLAS costs a
+Products too small for OpenBLAS to thread (M*N*K below
+``parallel.BLAS_THREADS_MNK``) are left to plain ``np.matmul``: holding BLAS costs a
 few microseconds, which is felt at batch 1. Without threadpoolctl (``cnnlab[fast]``),
 BLAS cannot be held, and every product is a plain ``np.matmul``, threaded by BLAS.
 """
@@ -20,13 +20,9 @@ import numpy as np
 
 from . import parallel
 
-# below this M*N*K, OpenBLAS multiplies on the calling thread anyway
-BLAS_THREADS_MNK = 2 * 65536 * 4
-
-
 def _plan(m: int, k: int, n: int):
     """Row blocks for an (m, k) @ (k, n) product, or None for a plain ``np.matmul``."""
-    if m * k * n < BLAS_THREADS_MNK or not parallel.can_block():
+    if m * k * n < parallel.BLAS_THREADS_MNK or not parallel.can_block():
         return None
     threads = min(parallel.get_num_threads(), m)
     if 2 * m * k * n < parallel.SMALL_FLOPS or threads <= 1:
@@ -37,7 +33,7 @@ def _plan(m: int, k: int, n: int):
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for 2-D a (M, K) and b (K, N), rows split over cnnlab's threads."""
     (m, k), n = a.shape, b.shape[1]
-    if m * k * n < BLAS_THREADS_MNK:  # checked first: batch-1 inference takes this path
+    if m * k * n < parallel.BLAS_THREADS_MNK:  # checked first: batch-1 inference takes this path
         return a @ b
     plan = _plan(m, k, n)
     if plan is None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._errors import InputError
 from ..autograd import Tensor
+from ..kernels import parallel
 
 _call_observers = []
 
@@ -88,6 +89,7 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
+        opened = parallel.enter_call()   # BLAS, once held to one thread, stays so for the call
         try:
             out = self.forward(*args, **kwargs)
         except InputError as e:
@@ -96,6 +98,8 @@ class Module:
                 e.where = self
                 e.args = (f"{self._short_repr()}: {e.args[0]}",) + e.args[1:]
             raise
+        finally:
+            parallel.exit_call(opened)
         if _call_observers:
             for fn in list(_call_observers):
                 fn(self, args, out)
