@@ -526,6 +526,15 @@ def test_max_pool_channels_last_kernels_match_torch(blocking, monkeypatch, path,
     seen = []
     jit_kernels = pooling._jit_kernels
     monkeypatch.setattr(pooling, "_jit_kernels", lambda x: seen.append(jit_kernels(x) is not None) or jit_kernels(x))
+    empty_in_order = pooling.empty_in_order
+
+    def poisoned_empty(shape, order, dtype, zeros=False):   # garbage where a kernel skips an element
+        a = empty_in_order(shape, order, dtype, zeros)
+        if not zeros:
+            a[...] = np.nan if np.dtype(dtype).kind == "f" else 77
+        return a
+
+    monkeypatch.setattr(pooling, "empty_in_order", poisoned_empty)
     blocking(threads)
     kernel, stride, padding, dilation, ceil_mode = POOL_CASES[case]
     rng = np.random.default_rng(5)
@@ -628,7 +637,9 @@ def test_gemm_products_match_numpy(split_products, threads):
     np.testing.assert_allclose(gemm.matmul(a, b.T), a @ b.T, rtol=1e-12)      # a transposed operand
     np.testing.assert_allclose(gemm.matmul_tn(a, c), a.T @ c, rtol=1e-12)     # a sum over the rows
     assert gemm.matmul(a[:0], b.T).shape == (0, 5) and not gemm.matmul_tn(a[:0], c[:0]).any()
-    assert gemm.matmul(a[:2], b.T).shape == (2, 5)                         # fewer rows than threads
+    for rows in (1, 2):                                                    # fewer rows than threads: columns
+        np.testing.assert_allclose(gemm.matmul(a[:rows], b.T), a[:rows] @ b.T, rtol=1e-12)
+    np.testing.assert_allclose(gemm.matmul(a[:1], b[:1].T), a[:1] @ b[:1].T, rtol=1e-12)
 
 
 def test_linear_products_hold_blas_to_one_thread(split_products, monkeypatch):
@@ -637,29 +648,32 @@ def test_linear_products_hold_blas_to_one_thread(split_products, monkeypatch):
     from cnnlab.kernels import gemm
     blas = FakeBLAS(8)
     monkeypatch.setattr(parallel, "_blas_controllers", lambda: [blas])
-    seen, matmul = [], np.matmul
+    seen, run = [], parallel.run
 
-    def spy(*args, **kwargs):
-        seen.append(blas.n)
-        return matmul(*args, **kwargs)
+    def spy(block_list, fn, *args, **kwargs):          # BLAS's threads as each block sees them
+        def block(lo, hi, acc):
+            seen.append(blas.n)
+            fn(lo, hi, acc)
+        return run(block_list, block, *args, **kwargs)
 
-    monkeypatch.setattr(np, "matmul", spy)
+    monkeypatch.setattr(parallel, "run", spy)
     x, w = cnnlab.Tensor(np.ones((4, 6)), requires_grad=True), cnnlab.Tensor(np.ones((3, 6)), requires_grad=True)
     for threads, split in ((2, True), (2, False)):
         split_products(threads, split)
         seen.clear()
         F.linear(x, w).sum().backward()
-        assert seen and set(seen) == {1}, (threads, split, seen)
+        # forward, input gradient, weight gradient: each product's blocks, every one held
+        assert len(seen) == (6 if split else 3) and set(seen) == {1}, (threads, split, seen)
         assert blas.n == 8                                                   # restored afterwards
     monkeypatch.setattr(parallel, "BLAS_THREADS_MNK", 10**9)                 # "too small": plain products
     seen.clear()
-    assert gemm.matmul(np.ones((4, 6)), np.ones((6, 3))).shape == (4, 3) and seen == []
+    assert gemm.matmul(np.ones((4, 6)), np.ones((6, 3))).shape == (4, 3) and seen == [] and blas.n == 8
 
 
 def test_linear_without_threadpoolctl_uses_plain_products(split_products):
     split_products(2, controllable=False)
     from cnnlab.kernels import gemm
-    assert gemm._plan(100, 100, 100) is None
+    assert gemm._plain(100, 100, 100)
     rng = np.random.default_rng(15)
     import torch.nn.functional as TF
     check_op("linear (threads)", F.linear, TF.linear, [rng.standard_normal((9, 4)), rng.standard_normal((3, 4))])
@@ -697,6 +711,18 @@ def test_a_model_call_holds_blas_once(blocking, monkeypatch):
     with cnnlab.no_grad(), pytest.raises(RuntimeError):
         Failing()(x)
     assert calls == [1, 8] and blas.n == 8                               # released on the way out
+    # a product big enough for BLAS's own threads gives them back within the call
+    big = cnnlab.nn.Sequential(cnnlab.nn.Conv2d(2, 3, 3), cnnlab.nn.Conv2d(3, 64, 3))
+    flops = [2 * 36 * 18 * 3, 2 * 16 * 27 * 64]
+    monkeypatch.setattr(parallel, "SMALL_FLOPS", (flops[0] + flops[1]) // 2)
+    during, run = [], parallel.run
+    monkeypatch.setattr(parallel, "run", lambda bl, fn, *a, **k: run(
+        bl, lambda lo, hi, acc: during.append(blas.n) or fn(lo, hi, acc), *a, **k))
+    calls.clear()
+    with cnnlab.no_grad():
+        big(x)
+    assert during == [1, 8] and calls == [1, 8] and blas.n == 8
+    monkeypatch.setattr(parallel, "run", run)
     # the scope changes nothing in the values
     monkeypatch.setattr(parallel, "_blas_controllers", lambda: [])
     with cnnlab.no_grad():

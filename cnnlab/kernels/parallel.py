@@ -14,9 +14,11 @@ norm); ``run`` executes either, ``total``/``add_to`` reduce per-thread sums, and
 temporaries cost page faults on every call).
 
 Thread counts: :func:`set_num_threads` (default: the process's CPU count, capped by
-``OMP_NUM_THREADS`` if set). While a multi-block convolution runs, every BLAS that
-`threadpoolctl`_ finds (an optional dependency: ``pip install cnnlab[fast]``) is held
-to one thread. Without it cnnlab cannot do that, so unless ``OMP_NUM_THREADS`` or
+``OMP_NUM_THREADS`` if set). While blocks of matrix products run (a convolution's, a
+linear layer's: :mod:`cnnlab.kernels.gemm`), every BLAS that `threadpoolctl`_ finds (an
+optional dependency: ``pip install cnnlab[fast]``) is held to one thread; within one
+model call, once held it stays so (:func:`enter_call`). Without threadpoolctl cnnlab
+cannot do that, so unless ``OMP_NUM_THREADS`` or
 ``OPENBLAS_NUM_THREADS`` is 1 each convolution runs as one block, BLAS doing the
 threading as before (elementwise passes, which call no BLAS, are split either way);
 results are the same up to float rounding.
@@ -203,7 +205,10 @@ def run(block_list, fn, flops=None, blas=True, hold_blas=False):
         small = flops is not None and flops < SMALL_FLOPS
         # holding BLAS costs microseconds, felt at batch 1: not for products it will not thread
         unthreaded = flops is not None and flops < 2 * BLAS_THREADS_MNK
-        with _blas_limited(blas and (small or hold_blas) and not unthreaded and not nested):
+        hold = blas and (small or hold_blas) and not unthreaded and not nested
+        if blas and not (hold or unthreaded or nested):
+            _end_call_hold()          # a product big enough for BLAS's own threads: give them back
+        with _blas_limited(hold):
             for lo, hi in block_list:
                 fn(lo, hi, acc)
         return [acc]
@@ -244,7 +249,7 @@ _blas_depth = 0          # how many threads are inside _blas_limited(True)
 _blas_saved: list = []   # the thread counts to restore when the last one leaves
 
 
-def _hold(controllers) -> None:
+def _hold(controllers, for_call: bool = False) -> None:
     global _blas_depth, _blas_saved
     with _lock:
         if _blas_depth == 0:
@@ -252,6 +257,8 @@ def _hold(controllers) -> None:
             for c in controllers:
                 c.set_num_threads(1)
         _blas_depth += 1
+        if for_call:
+            _local.scope = True      # set with the count, so exit_call releases exactly this hold
 
 
 def _release(controllers) -> None:
@@ -276,8 +283,7 @@ def _blas_limited(active=True):
     scope = getattr(_local, "scope", None)
     if scope is not None:            # a model call: hold once, release when it ends
         if not scope:
-            _hold(controllers)
-            _local.scope = True
+            _hold(controllers, for_call=True)
         yield
         return
     _hold(controllers)
@@ -291,8 +297,9 @@ def enter_call() -> bool:
     """Open a scope in which BLAS, once a kernel holds it to one thread, stays held until
     :func:`exit_call` (``Module.__call__`` opens one around a whole model call). Holding
     and releasing BLAS around each of the twenty convolutions of a batch-1 ResNet-20
-    cost 4% of its time. Returns whether this call opened the scope (False when nested);
-    pass that to :func:`exit_call`."""
+    cost 4% of its time. A product big enough for BLAS's own threads (a single block of
+    ``SMALL_FLOPS`` or more) ends the hold early. Returns whether this call opened the
+    scope (False when nested); pass that to :func:`exit_call`."""
     if getattr(_local, "scope", None) is not None:
         return False
     _local.scope = False             # open; nothing held yet
@@ -301,9 +308,15 @@ def enter_call() -> bool:
 
 def exit_call(opened: bool) -> None:
     if opened:
-        held, _local.scope = _local.scope, None
-        if held:
-            _release(_blas_controllers())
+        _end_call_hold()
+        _local.scope = None
+
+
+def _end_call_hold() -> None:
+    """Release the hold the current model call took, if any (the call's scope stays open)."""
+    if getattr(_local, "scope", None):   # getattr: a forked child starts with a fresh _local
+        _local.scope = False
+        _release(_blas_controllers())
 
 
 def _get_pool() -> ThreadPoolExecutor:
