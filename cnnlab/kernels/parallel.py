@@ -176,8 +176,9 @@ def add_to(acc: dict, key: str, value) -> None:
 
 # a multiply below this many flops is done before BLAS's threads would have synchronised
 SMALL_FLOPS = 20_000_000
-# OpenBLAS multiplies on the calling thread anyway below this M*N*K (its interface/gemm.c
-# gives a product one thread per 65536 * 4 of M*N*K), so there is nothing to hold
+# below this M*N*K a product takes microseconds and OpenBLAS keeps it on the calling
+# thread (interface/gemm.c gives one thread per 65536 * 4 of M*N*K; single-row products,
+# which it hands to gemv, have a lower threshold), so holding BLAS would only cost time
 BLAS_THREADS_MNK = 2 * 65536 * 4
 
 
