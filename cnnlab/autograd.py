@@ -250,10 +250,10 @@ class Tensor:
             if g is None:
                 continue
             if node._ctx is None:
-                node.grad = g.copy() if node.grad is None else node.grad + g
+                node.grad = g.copy(order="K") if node.grad is None else node.grad + g
                 continue
             if node._retain:
-                node.grad = g.copy() if node.grad is None else node.grad + g
+                node.grad = g.copy(order="K") if node.grad is None else node.grad + g
             ctx = node._ctx
             if getattr(ctx, "released", False):
                 raise RuntimeError(

@@ -83,9 +83,7 @@ def _adjoint_axis(g: np.ndarray, n: int, before: int, after: int, mode: str, axi
     """Sum the gradient of each padded copy back into the element it was copied from."""
     inner = [slice(None)] * g.ndim
     inner[axis] = slice(before, before + n)
-    out = g[tuple(inner)].copy()
-    if mode == "zeros":
-        return out
+    out = g[tuple(inner)].copy(order="K")       # in g's memory layout: no transposing copy
     src = padded_index(n, before, after, mode)
     for r in list(range(before)) + list(range(before + n, before + n + after)):
         dst = [slice(None)] * g.ndim
@@ -102,5 +100,10 @@ def pad2d_backward(g: np.ndarray, in_shape, pads, mode: str = "zeros", axes=(2, 
         return g
     top, bottom, left, right = pads
     ha, wa = axes
+    if mode == "zeros":  # padding got constants: its gradient is dropped, in one copy
+        inner = [slice(None)] * g.ndim
+        inner[ha] = slice(top, top + in_shape[ha])
+        inner[wa] = slice(left, left + in_shape[wa])
+        return g[tuple(inner)].copy(order="K")
     g = _adjoint_axis(g, in_shape[wa], left, right, mode, wa)
     return _adjoint_axis(g, in_shape[ha], top, bottom, mode, ha)
