@@ -245,13 +245,15 @@ def _expand_reduced(g, shape, axis, keepdims):
 class Sum(Function):
     @staticmethod
     def forward(ctx, a, *, axis=None, keepdims=False):
-        ctx.args = (a.shape, axis, keepdims)
+        ctx.args = (a.shape, axis, keepdims, axis_order(a))
         return np.asarray(a.sum(axis=axis, keepdims=keepdims))
 
     @staticmethod
     def backward(ctx, g):
-        shape, axis, keepdims = ctx.args
-        return (np.broadcast_to(_expand_reduced(g, shape, axis, keepdims), shape).copy(),)
+        shape, axis, keepdims, order = ctx.args
+        out = empty_in_order(shape, order, g.dtype)   # in a's layout, as Mean's
+        out[...] = _expand_reduced(g, shape, axis, keepdims)
+        return (out,)
 
 
 class Mean(Function):
@@ -351,7 +353,7 @@ def _is_basic_index(index) -> bool:
 class Clone(Function):
     @staticmethod
     def forward(ctx, a):
-        return a.copy()
+        return a.copy(order="K")                        # keeps the layout, as torch.clone does
 
     @staticmethod
     def backward(ctx, g):

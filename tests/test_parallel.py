@@ -388,6 +388,11 @@ def test_cat_and_mean_keep_the_input_layout():
     m.backward(np.ones(m.shape))
     assert _is_channels_last(_Spy.seen[0])
     np.testing.assert_allclose(_Spy.seen[0], np.full(x0.shape, 1 / 20))
+    _Spy.seen.clear()
+    s = _Spy.apply(x).sum((1, 3))                                    # sum: the same, and clone keeps it
+    s.backward(np.arange(8.0).reshape(2, 4))
+    assert _is_channels_last(_Spy.seen[0]) and _is_channels_last(x.clone().data)
+    np.testing.assert_array_equal(_Spy.seen[0], np.broadcast_to(np.arange(8.0).reshape(2, 1, 4, 1), x0.shape))
 
 
 # ----- batch norm's Numba kernels (kernels.jit) against PyTorch, and the NumPy passes beside them -----
