@@ -169,7 +169,8 @@ def cmd_train(args) -> int:
     try:
         history = fit(model, train_loader, optimizer, args.epochs, test_loader=test_loader, scheduler=scheduler,
                       scheduler_interval=interval, loss_fn=_loss(args.label_smoothing), checkpoint_path=ckpt,
-                      metrics_path=metrics, resume=args.resume, progress=not args.no_progress, meta=meta, log=print)
+                      metrics_path=metrics, resume=args.resume, progress=not args.no_progress, meta=meta, log=print,
+                      eval_every=args.eval_every)
     except TrainingDiverged as e:
         print(f"cnnlab train: {e}", file=sys.stderr)
         return 1
@@ -552,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and horizontal flip; auto (default): crop-flip for colour images, translate otherwise")
     p.add_argument("--label-smoothing", type=_number(float, 0, high=1), default=0.1, help="cross-entropy label smoothing (default 0.1)")
     p.add_argument("--seed", type=natural, default=0, help="seed for initialisation, shuffling, augmentation, dropout")
+    p.add_argument("--eval-every", type=positive_int, default=1, metavar="N",
+                   help="evaluate the test set after every N-th epoch and after the last (default 1)")
     p.add_argument("--out", help="output folder (default runs/DATASET-MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")

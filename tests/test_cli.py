@@ -148,3 +148,13 @@ def test_help_describes_every_option():
                 assert opt in text
             if action.dest != "help":
                 assert action.help, f"{name} {action.dest} has no help"
+
+
+def test_train_eval_every(tmp_path, capsys):
+    out = tmp_path / "e"
+    assert main(["train", "--epochs", "3", "--eval-every", "2", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert [("test acc" in line) for line in printed.splitlines() if line.startswith("epoch ")] == [False, True, True]
+    assert "test accuracy" in printed.splitlines()[-1]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--eval-every", "0"])

@@ -241,3 +241,22 @@ def test_infinite_weights_are_not_saved(tmp_path):
     with np.errstate(all="ignore"), pytest.raises(TrainingDiverged):
         fit(model, loader, optim.SGD(model.parameters(), lr=1.0), 1, loss_fn=loss_fn, checkpoint_path=path)
     assert not (tmp_path / "c.npz").exists()
+
+
+def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path):
+    cnnlab.manual_seed(0)
+    ds = toy_dataset()
+    loader = data.DataLoader(ds, batch_size=16, shuffle=True, seed=0)
+    model = small_cnn()
+    lines = []
+    history = fit(model, loader, optim.SGD(model.parameters(), lr=0.05), 5, eval_every=2,
+                  test_loader=data.DataLoader(ds, batch_size=32), metrics_path=str(tmp_path / "m.jsonl"),
+                  log=lines.append)
+    tested = [("test_accuracy" in r) for r in history.epochs]
+    assert tested == [False, True, False, True, True]                # 2, 4, and the last (5)
+    assert [("test acc" in line) for line in lines] == tested
+    from cnnlab.inspect import read_metrics
+    assert read_metrics(tmp_path / "m.jsonl")["test_accuracy"][0] is None
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="eval_every must be a positive int"):
+            fit(model, loader, optim.SGD(model.parameters(), lr=0.05), 1, eval_every=bad)
