@@ -36,7 +36,6 @@ import contextvars
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -47,7 +46,7 @@ WORKSPACE_KEEP_BYTES = 16 << 20
 
 _lock = threading.Lock()
 _threads: int | None = None
-_pool: ThreadPoolExecutor | None = None
+_pool: "_Workers | None" = None
 _blas = None          # threadpoolctl controllers of the loaded BLAS libraries, [] if none
 _local = threading.local()
 
@@ -80,7 +79,7 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
     with _lock:
         if _pool is not None and n != _threads:
-            _pool.shutdown(wait=False)  # work already handed to it still finishes
+            _pool.retire()  # a run already using it still finishes
             _pool = None
         _threads = n
 
@@ -227,23 +226,18 @@ def run(block_list, fn, flops=None, blas=True, hold_blas=False):
     with _blas_limited(blas):
         if threads == 1:
             return [work(0)]
-        # each worker runs in a copy of the caller's context, so that NumPy's error state
-        # (np.errstate, a context variable) governs the caller's blocks on every thread
-        futures = [_get_pool().submit(contextvars.copy_context().run, work, t) for t in range(1, threads)]
-        results, errors = [None] * threads, [None] * threads
+        pool = _get_pool()
+        if threads > pool.size + 1 or not pool.busy.acquire(blocking=False):
+            # another thread's run has the workers (or set_num_threads just changed them):
+            # do every thread's share here, in thread order, so the accumulators (and the
+            # rounding) are the same
+            return [work(t) for t in range(threads)]
         try:
-            results[0] = work(0)  # the calling thread takes a share instead of waiting idle
-        except BaseException as e:  # noqa: B036 - re-raised below, after the workers finish
-            errors[0] = e
-        for t, f in enumerate(futures, start=1):
-            try:
-                results[t] = f.result()
-            except BaseException as e:  # noqa: B036
-                errors[t] = e
-        for e in errors:
-            if e is not None:
-                raise e
-        return results
+            return pool.run(work, threads)
+        finally:
+            if pool.retired:
+                _drop_pool(pool)
+            pool.busy.release()
 
 
 _blas_depth = 0          # how many threads are inside _blas_limited(True)
@@ -320,11 +314,106 @@ def _end_call_hold() -> None:
         _release(_blas_controllers())
 
 
-def _get_pool() -> ThreadPoolExecutor:
+class _Workers:
+    """cnnlab's worker threads, woken by a lock each rather than through a queue:
+    ``concurrent.futures`` took about 40 us to hand out and collect one call's blocks,
+    felt when a small network's step makes twenty calls; this takes about 10 us.
+
+    Worker t (1..n) waits on ``go[t]``; ``run`` releases it with the job set, does
+    thread 0's share itself, then waits on each ``done[t]``. One run at a time holds
+    ``busy``."""
+
+    def __init__(self, n: int):
+        self.size = n
+        self.busy = threading.Lock()
+        self.retired = False
+        self.go = [threading.Lock() for _ in range(n + 1)]
+        self.done = [threading.Lock() for _ in range(n + 1)]
+        self.job = None
+        for t in range(1, n + 1):
+            self.go[t].acquire()
+            self.done[t].acquire()
+            threading.Thread(target=self._loop, args=(t,), name=f"cnnlab-{t}", daemon=True).start()
+
+    def _loop(self, t: int) -> None:
+        go, done = self.go[t], self.done[t]
+        while True:
+            go.acquire()
+            job = self.job
+            if job is None:          # stop()
+                return
+            try:
+                job(t)
+            finally:
+                done.release()
+
+    def run(self, work, threads: int) -> list:
+        """``work(t)`` for t in 0..threads-1, t > 0 on the workers; the results in thread
+        order, or the first exception in thread order once every thread has finished."""
+        results, errors = [None] * threads, [None] * threads
+        # each worker runs in a copy of the caller's context, so that NumPy's error state
+        # (np.errstate, a context variable) governs the caller's blocks on every thread
+        context = contextvars.copy_context()
+
+        def job(t):
+            try:
+                results[t] = context.copy().run(work, t)
+            except BaseException as e:  # noqa: B036 - re-raised below, after every thread
+                errors[t] = e
+
+        self.job = job
+        for t in range(1, threads):
+            self.go[t].release()
+        try:
+            results[0] = work(0)  # the calling thread takes a share instead of waiting idle
+        except BaseException as e:  # noqa: B036
+            errors[0] = e
+        finished = 1
+        try:
+            for t in range(1, threads):
+                self.done[t].acquire()
+                finished += 1
+        finally:
+            if finished < threads:   # interrupted (Ctrl-C) while workers still run: their
+                self.retired = True  # late "done" would confuse the next run, so never reuse them
+            else:
+                self.job = None
+        for e in errors:
+            if e is not None:
+                raise e
+        return results
+
+    def retire(self) -> None:
+        """Stop the workers now, or, if a run is using them, when it ends."""
+        self.retired = True
+        if self.busy.acquire(blocking=False):
+            try:
+                self.stop()
+            finally:
+                self.busy.release()
+
+    def stop(self) -> None:
+        """End the idle workers (call with ``busy`` held). Workers still running a job
+        (an interrupted run) are left to finish it and then wait forever, as daemons."""
+        if self.job is None:
+            for t in range(1, self.size + 1):
+                self.go[t].release()
+        self.size = 0
+
+
+def _drop_pool(pool: _Workers) -> None:
+    global _pool
+    with _lock:
+        if _pool is pool:
+            _pool = None
+    pool.stop()
+
+
+def _get_pool() -> _Workers:
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max(get_num_threads() - 1, 1), thread_name_prefix="cnnlab")
+            _pool = _Workers(max(get_num_threads() - 1, 1))
         return _pool
 
 
