@@ -5,6 +5,8 @@ the kernel falls back to one block. Also the other speed machinery, each against
 by what it must observably do: channels-last layouts kept through sums and gradients, the
 optional Numba kernels (kernels.jit) beside their NumPy twins, and memory reuse."""
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -280,6 +282,75 @@ def test_first_exception_in_thread_order_is_raised(blocking):
 
     with pytest.raises(ValueError, match="block 0"):
         parallel.run([(0, 1), (1, 2)], fn)
+
+
+def test_workers_recover_after_an_exception_and_keep_thread_order(blocking):
+    """A block that raises on a worker does not spoil the next runs; blocks go to
+    threads statically, block i to thread i mod T."""
+    blocking(3)
+    for _ in range(3):
+        with pytest.raises(ValueError, match="block 1"):
+            parallel.run([(0, 1), (1, 2), (2, 3)], lambda lo, hi, acc: lo and (_ for _ in ()).throw(ValueError(f"block {lo}")))
+        names = parallel.run([(i, i + 1) for i in range(6)],
+                             lambda lo, hi, acc: parallel.add_to(acc, "b", [(lo, threading.current_thread().name)]))
+        assert [[b for b, _ in acc["b"]] for acc in names] == [[0, 3], [1, 4], [2, 5]]
+        assert len({name for acc in names for _, name in acc["b"]}) == 3
+
+
+def test_runs_from_several_threads_at_once_give_the_same_bits(blocking):
+    """Two user threads running blocked convolutions at once: one gets the workers, the
+    other does every thread's share itself, in the same order, so both get exactly the
+    single-threaded caller's result."""
+    blocking(2, per_block=4096)
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((6, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3))
+
+    def conv():
+        xt = cnnlab.Tensor(x, requires_grad=True)
+        wt = cnnlab.Tensor(w, requires_grad=True)
+        out = F.conv2d(xt, wt, padding=1)
+        (out * out).sum().backward()
+        return out.data.copy(), xt.grad, wt.grad
+
+    want = conv()
+    results, errors = [], []
+
+    def loop():
+        try:
+            results.extend(conv() for _ in range(30))
+        except BaseException as e:  # noqa: B036 - reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=loop) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 90
+    for got in results:
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_set_num_threads_ends_the_old_workers(blocking):
+    """Changing the thread count ends the idle workers; the next run starts new ones."""
+    def workers():
+        return sum(t.name.startswith("cnnlab-") and t.is_alive() for t in threading.enumerate())
+
+    def settle(n):
+        for _ in range(200):
+            if workers() == n:
+                return n
+            time.sleep(0.01)
+        return workers()
+
+    blocking(4)
+    parallel.run([(i, i + 1) for i in range(4)], lambda lo, hi, acc: None)
+    assert settle(3) == 3     # one pool: the calling thread and three workers
+    parallel.set_num_threads(2)
+    assert settle(0) == 0
+    out = parallel.run([(i, i + 1) for i in range(4)], lambda lo, hi, acc: parallel.add_to(acc, "n", 1))
+    assert [acc["n"] for acc in out] == [2, 2] and settle(1) == 1
 
 
 def test_nested_run_runs_inline(blocking):
