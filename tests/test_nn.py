@@ -505,3 +505,63 @@ def test_conv_matrix_refuses_what_conv2d_refuses():
         cnnlab.conv_matrix(w, (1, 5, 5), groups=1.5)
     with pytest.raises(ValueError, match=r"conv_matrix: expected input with 1 channels"):
         cnnlab.conv_matrix(w, (2, 5, 5))
+
+
+# ----- Sequential runs a Conv2d followed by a ReLU as one fused call -----
+def _relu_calls(monkeypatch):
+    """A list that grows by one for every ReLU op computed on its own."""
+    from cnnlab import ops
+    calls, forward = [], ops.ReLU.forward
+    monkeypatch.setattr(ops.ReLU, "forward", staticmethod(lambda ctx, a: calls.append(1) or forward(ctx, a)))
+    return calls
+
+
+def _conv_relu_net(conv_cls=nn.Conv2d, relu_cls=nn.ReLU):
+    cnnlab.manual_seed(3)
+    return nn.Sequential(conv_cls(2, 5, 3, padding=1), relu_cls(), nn.MaxPool2d(2),
+                         conv_cls(5, 4, 3), relu_cls(), nn.Flatten(), nn.Linear(4, 3), nn.ReLU())
+
+
+def test_sequential_fuses_conv_relu_with_the_same_values_and_gradients(monkeypatch):
+    x = np.random.default_rng(0).standard_normal((3, 2, 6, 6)).astype(np.float32)
+    net = _conv_relu_net()
+    calls = _relu_calls(monkeypatch)
+    out = net(cnnlab.Tensor(x))
+    assert len(calls) == 1            # only the ReLU after the Linear runs on its own
+    out.sum().backward()
+    fused = [p.grad.copy() for p in net.parameters()]
+    # the same layers called one by one, unfused
+    for p in net.parameters():
+        p.grad = None
+    h = cnnlab.Tensor(x)
+    for layer in net:
+        h = layer(h)
+    assert len(calls) == 4
+    np.testing.assert_array_equal(h.data, out.data)
+    h.sum().backward()
+    for a, p in zip(fused, net.parameters()):
+        np.testing.assert_array_equal(a, p.grad)
+
+
+@pytest.mark.parametrize("conv_cls,relu_cls", [
+    (type("MyConv", (nn.Conv2d,), {"forward": lambda self, x: nn.Conv2d.forward(self, x) * 2}), nn.ReLU),
+    (nn.Conv2d, type("MyReLU", (nn.ReLU,), {"forward": lambda self, x: F.relu(x) + 1})),
+])
+def test_sequential_does_not_fuse_subclasses(monkeypatch, conv_cls, relu_cls):
+    """A subclass may change what forward does, so only the plain classes are fused."""
+    x = cnnlab.Tensor(np.random.default_rng(1).standard_normal((2, 2, 6, 6)).astype(np.float32))
+    net = _conv_relu_net(conv_cls, relu_cls)
+    h = x
+    for layer in net:
+        h = layer(h)
+    np.testing.assert_array_equal(net(x).data, h.data)
+
+
+def test_sequential_does_not_fuse_while_calls_are_observed(monkeypatch):
+    """Inspection tools observe every module call: the ReLU's and the output before it."""
+    net = _conv_relu_net()
+    calls = _relu_calls(monkeypatch)
+    seen = []
+    with nn.observe_calls(lambda m, args, out: seen.append(type(m).__name__)):
+        net(cnnlab.Tensor(np.ones((1, 2, 6, 6), np.float32)))
+    assert len(calls) == 3 and seen.count("ReLU") == 3 and seen.count("Conv2d") == 2

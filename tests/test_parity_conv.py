@@ -81,6 +81,33 @@ def test_conv2d_geometry(case, bias, dtype, layout):
              lambda x, w, b=None: TF.conv2d(x, w, b, **kw), arrays, dtype)
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", ["basic", "stride2", "groups3_stride_dil", "depthwise", "one_channel", "pointwise",
+                                  "padding_larger_than_kernel"])
+def test_conv2d_fused_relu_matches_torch(case, bias, dtype, layout):
+    """relu=True: the ReLU applied inside the convolution's blocks, and its gradient
+    masked inside backward's, on every kernel path; a good share of the outputs are cut to 0."""
+    xs, ws, kw = GEOMETRY[case]
+    rng = np.random.default_rng(11)
+    arrays = [rand(rng, *xs), rand(rng, *ws)] + ([rand(rng, ws[0])] if bias else [])
+    out, _ = check_op("conv2d relu=True", lambda x, w, b=None: F.conv2d(x, w, b, relu=True, **kw),
+                      lambda x, w, b=None: torch.relu(TF.conv2d(x, w, b, **kw)), arrays, dtype)
+    assert 0.1 < np.mean(out[0].data == 0) < 0.9
+    for flags in ([True, False] + [False] * bias, [False, True] + [False] * bias):
+        check_op("conv2d relu=True", lambda x, w, b=None: F.conv2d(x, w, b, relu=True, **kw),
+                 lambda x, w, b=None: torch.relu(TF.conv2d(x, w, b, **kw)), arrays, dtype, requires_grad=flags)
+
+
+@pytest.mark.parametrize("n,hw,filters", [(1, (7, 7), 6), (3, (5, 4), 6), (4, (4, 4), 3), (2, (6, 6), 300)])
+def test_conv2d_bias_of_few_filters_matches_torch(n, hw, filters, dtype):
+    """The bias of few filters is added along rows of several positions (the output's
+    rows counted in the block need not divide evenly; 300 filters take the plain add)."""
+    rng = np.random.default_rng(12)
+    arrays = [rand(rng, n, 2, *hw), rand(rng, filters, 2, 3, 3), rand(rng, filters)]
+    check_op("conv2d", lambda x, w, b: F.conv2d(x, w, b, padding=1),
+             lambda x, w, b: TF.conv2d(x, w, b, padding=1), arrays, dtype)
+
+
 def test_conv2d_large_values_keep_relative_accuracy(dtype):
     rng = np.random.default_rng(2)
     arrays = [1e3 * rand(rng, 2, 3, 6, 6), rand(rng, 4, 3, 3, 3), rand(rng, 4)]

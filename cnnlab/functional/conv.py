@@ -36,6 +36,7 @@ with the flipped kernel (im2col again, then one larger, better-shaped multiply).
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -154,7 +155,7 @@ class Conv2dFunction(Function):
     keeping the KH*KW times larger column matrix in memory."""
 
     @staticmethod
-    def forward(ctx, x, w, b, *, stride, pads, dilation, groups, padding_mode):
+    def forward(ctx, x, w, b, *, stride, pads, dilation, groups, padding_mode, relu=False):
         n, c, h, wd = x.shape
         f, cg, kh, kw = w.shape
         g, fg = groups, f // groups
@@ -184,18 +185,20 @@ class Conv2dFunction(Function):
             out_b = out[lo:hi]
             np.matmul(cols, wcols, out=out_b.reshape(-1, g, fg).transpose(1, 0, 2))
             if bias is not None:
-                out_b += bias
+                _add_bias(out_b, bias)
+            if relu:  # fused: the block is still in cache, a separate ReLU would stream it again
+                np.maximum(out_b, 0, out=out_b)
 
         parallel.run(parallel.blocks(n, ho * wo, kh * kw * c * x.itemsize), block,
                      flops=2 * n * ho * wo * kh * kw * cg * f)
-        ctx.save_for_backward(xp, wmat)
+        ctx.save_for_backward(xp, wmat, out if relu else None)
         ctx.meta = (x.shape, w.shape, None if b is None else b.ndim, stride, pads, dilation, groups, padding_mode,
                     planes)
         return out.transpose(0, 3, 1, 2)                                            # NCHW view of NHWC memory
 
     @staticmethod
     def backward(ctx, grad):
-        xp, wmat = ctx.saved_tensors
+        xp, wmat, relu_out = ctx.saved_tensors
         x_shape, w_shape, b_ndim, stride, pads, dilation, g, padding_mode, planes = ctx.meta
         n, c, h, wd = x_shape
         f, cg, kh, kw = w_shape
@@ -220,6 +223,8 @@ class Conv2dFunction(Function):
         def block(lo, hi, acc):
             nb = hi - lo
             gb = grad[lo:hi].transpose(0, 2, 3, 1)                                    # nb Ho Wo F
+            if relu_out is not None:  # the fused ReLU's gradient: zero where it output 0
+                gb = np.multiply(gb, relu_out[lo:hi] > 0, out=parallel.workspace(1, (nb, ho, wo, f), grad.dtype))
             if need_dw or need_db or not gather:
                 gm = gb                     # the gradient usually arrives channels-last already
                 if not gm.flags.c_contiguous:
@@ -274,6 +279,21 @@ class Conv2dFunction(Function):
             db = parallel.total(accs, "db")
             db = db if b_ndim == 1 else db.transpose(2, 0, 1)                       # untied: back to (F, Ho, Wo)
         return None if dx is None else dx.transpose(0, 3, 1, 2), dw, db
+
+
+def _add_bias(out, bias) -> None:
+    """``out += bias`` for a contiguous (..., F) block and a bias of shape (F,) or
+    broadcastable to ``out``. With few filters NumPy's broadcast runs an inner loop only
+    F long (LeNet-5's first layer: 6), five times slower than the same add with the bias
+    repeated along rows of k*F values."""
+    f = out.shape[-1]
+    rows = out.size // max(f, 1)
+    k = math.gcd(rows, 64) if bias.ndim == 1 and f < 256 else 1
+    if k > 1:
+        rows_of_k = out.reshape(-1, k * f)
+        rows_of_k += np.tile(bias, k)
+    else:
+        out += bias
 
 
 def _gather_dx(c: int, f: int, groups: int) -> bool:
@@ -332,7 +352,7 @@ def _zero_border(a, pads):
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           padding_mode="zeros", flip_kernel=False):
+           padding_mode="zeros", flip_kernel=False, relu=False):
     r"""2-D cross-correlation, the "convolution" of deep learning (``torch.nn.functional.conv2d``).
 
     .. math:: out[n, f, i, j] = b[f] + \sum_{c, u, v} w[f, c, u, v]\, x_p[n, c, s_h i + d_h u, s_w j + d_w v]
@@ -352,6 +372,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             or ``'symmetric'`` (mirror repeating the edge). Default ``'zeros'``.
         flip_kernel: flip the kernel along both spatial axes first, which turns the
             cross-correlation into a true convolution (see :func:`true_conv2d`).
+        relu: apply ReLU to the output in the same pass: ``relu(conv2d(...))``, with the
+            same values and gradients, without a second trip through memory
+            (``nn.Sequential`` does this for a ``Conv2d`` followed by a ``ReLU``).
 
     Shape:
         out: (N, F, Ho, Wo) with Ho = floor((H + pad_top + pad_bottom - dh*(KH-1) - 1) / sh) + 1.
@@ -379,7 +402,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if flip_kernel:
         w = w[:, :, ::-1, ::-1]
     out = Conv2dFunction.apply(x, w, bias, stride=stride, pads=pads, dilation=dilation,
-                               groups=groups, padding_mode=padding_mode)
+                               groups=groups, padding_mode=padding_mode, relu=bool(relu))
     return out.reshape(out.shape[1:]) if unbatched else out
 
 

@@ -82,9 +82,11 @@ class Conv2d(Module):
             bound = 1 / math.sqrt(fan_in)
             init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x):
+    _fuses_relu = True   # Sequential calls forward(x, relu=True) for a Conv2d followed by a ReLU
+
+    def forward(self, x, *, relu: bool = False):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        padding_mode=self.padding_mode, flip_kernel=self.flip_kernel)
+                        padding_mode=self.padding_mode, flip_kernel=self.flip_kernel, relu=relu)
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -59,6 +59,8 @@ class Identity(Module):
 
 
 class ReLU(Module):
+    _is_relu = True   # a Conv2d before it in a Sequential applies it fused (see Sequential)
+
     def forward(self, x):
         return F.relu(x)
 

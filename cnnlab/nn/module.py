@@ -259,6 +259,15 @@ class Module:
         return "\n".join(lines) + "\n)"
 
 
+def _fuses_relu(m, nxt) -> bool:
+    """Whether ``m`` followed by ``nxt`` runs as one fused call, ``m(x, relu=True)``: when
+    ``m``'s class offers it (``_fuses_relu`` in its own class body, so a subclass that
+    changes forward does not inherit it), ``nxt`` is a plain ReLU, and no one observes
+    module calls (the ReLU's own call, and the output before it, would be missing)."""
+    return (type(m).__dict__.get("_fuses_relu", False) and type(nxt).__dict__.get("_is_relu", False)
+            and not _call_observers)
+
+
 class Sequential(Module):
     """Modules applied one after another. Indexable, sliceable and iterable; its children
     are named "0", "1", ... as in PyTorch, so state_dict keys match."""
@@ -276,8 +285,15 @@ class Sequential(Module):
             yield str(i), m
 
     def forward(self, x):
-        for m in self.layers:
-            x = m(x)
+        layers, i = self.layers, 0
+        while i < len(layers):
+            m = layers[i]
+            if i + 1 < len(layers) and _fuses_relu(m, layers[i + 1]):
+                x = m(x, relu=True)   # the same result as m, then the ReLU, in one pass
+                i += 2
+            else:
+                x = m(x)
+                i += 1
         return x
 
     def __getitem__(self, i):
