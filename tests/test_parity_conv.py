@@ -98,10 +98,12 @@ def test_conv2d_fused_relu_matches_torch(case, bias, dtype, layout):
                  lambda x, w, b=None: torch.relu(TF.conv2d(x, w, b, **kw)), arrays, dtype, requires_grad=flags)
 
 
-@pytest.mark.parametrize("n,hw,filters", [(1, (7, 7), 6), (3, (5, 4), 6), (4, (4, 4), 3), (2, (6, 6), 300)])
+@pytest.mark.parametrize("n,hw,filters", [(1, (7, 7), 6), (2, (64, 64), 6), (2, (60, 61), 6), (1, (70, 75), 7),
+                                          (2, (6, 6), 300)])
 def test_conv2d_bias_of_few_filters_matches_torch(n, hw, filters, dtype):
-    """The bias of few filters is added along rows of several positions (the output's
-    rows counted in the block need not divide evenly; 300 filters take the plain add)."""
+    """The bias of few filters is added to large outputs along rows of k*F values (k
+    from 64 down to 1 as the positions allow); small outputs and 300 filters take the
+    plain add."""
     rng = np.random.default_rng(12)
     arrays = [rand(rng, n, 2, *hw), rand(rng, filters, 2, 3, 3), rand(rng, filters)]
     check_op("conv2d", lambda x, w, b: F.conv2d(x, w, b, padding=1),

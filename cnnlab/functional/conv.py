@@ -288,10 +288,13 @@ def _add_bias(out, bias) -> None:
     repeated along rows of k*F values."""
     f = out.shape[-1]
     rows = out.size // max(f, 1)
-    k = math.gcd(rows, 64) if bias.ndim == 1 and f < 256 else 1
+    # small outputs (batch-1 inference) are not worth the repeated bias's few microseconds
+    k = math.gcd(rows, 64) if bias.ndim == 1 and f < 256 and out.size >= 1 << 14 else 1
     if k > 1:
+        repeated = np.empty((k, f), out.dtype)
+        repeated[...] = bias
         rows_of_k = out.reshape(-1, k * f)
-        rows_of_k += np.tile(bias, k)
+        rows_of_k += repeated.reshape(-1)
     else:
         out += bias
 
