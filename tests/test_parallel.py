@@ -524,6 +524,77 @@ def test_batch_norm_channels_last_kernels_match_torch(blocking, monkeypatch, pat
     assert len(calls) == (path == "numba")
 
 
+@pytest.mark.parametrize("path", ["numpy", "numba"])
+@pytest.mark.parametrize("mode", ["train", "eval", "eval, no grad"])
+@pytest.mark.parametrize("layout", ["channels-last", "NCHW", "(N, C)"])
+def test_batch_norm_fused_relu_matches_torch(blocking, monkeypatch, path, mode, layout, dtype):
+    """batch_norm(relu=True) against torch's relu(batch_norm) on every path: the Numba
+    loops (training, channels-last), the NumPy passes, and evaluation folded into one
+    scale and shift; about half the outputs are cut to 0 (beta near 0)."""
+    from cnnlab.functional import normalization
+    from cnnlab.kernels import jit
+    if path == "numba" and not jit.available():
+        pytest.skip("Numba is not installed (the fast extra)")
+    if path == "numpy":
+        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    blocking(2)
+    rng = np.random.default_rng(5)
+    shape = (6, 4) if layout == "(N, C)" else (5, 4, 3, 6)
+    x = rng.standard_normal(shape) * 2 + 0.5
+    w, b = rng.standard_normal(4), 0.1 * rng.standard_normal(4)
+    rm, rv = rng.standard_normal(4) * 0.3, rng.random(4) + 0.5
+    training = mode == "train"
+    to_layout = _ToChannelsLast.apply if layout == "channels-last" else (lambda t: t)
+
+    def ours(x, w, b):
+        return F.batch_norm(to_layout(x), rm.astype(dtype), rv.astype(dtype), w, b, training=training, relu=True)
+
+    def theirs(x, w, b):
+        return torch.relu(torch.nn.functional.batch_norm(x, torch.tensor(rm.astype(dtype)),
+                                                         torch.tensor(rv.astype(dtype)), w, b, training=training))
+
+    if mode == "eval, no grad":
+        with cnnlab.no_grad():
+            got = ours(*(cnnlab.Tensor(a.astype(dtype)) for a in (x, w, b))).data
+        want = theirs(*(torch.tensor(a.astype(dtype)) for a in (x, w, b))).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-10 if dtype == np.float64 else 1e-5, atol=1e-6)
+    else:
+        got = check_op("batch_norm relu=True (" + path + ")", ours, theirs, [x, w, b], dtype)[0][0].data
+    assert 0.2 < np.mean(got == 0) < 0.8
+
+
+def test_batch_norm_relu_fused_in_sequential_and_residual_blocks_is_bit_identical(monkeypatch):
+    """nn.Sequential (BatchNorm2d then ReLU) and the residual blocks fuse; the values and
+    gradients are exactly those of the unfused layers."""
+    from cnnlab import nn
+    from cnnlab.nn import module
+    cnnlab.manual_seed(0)
+    nets = [nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()),
+            nn.BasicBlock(4, 4, 1, "identity"), nn.Bottleneck(4, 2, 1, "auto")]
+    x = np.random.default_rng(6).standard_normal((3, 3, 6, 6)).astype(np.float32)
+    fuse, fused_calls = module._fuses_relu, []
+
+    def counting(m, nxt):
+        ok = fuse(m, nxt)
+        fused_calls.append(ok and isinstance(m, nn.BatchNorm2d))
+        return ok
+
+    results = {}
+    for name, rule in (("fused", counting), ("unfused", lambda m, nxt: False)):
+        monkeypatch.setattr(module, "_fuses_relu", rule)
+        h = cnnlab.Tensor(x, requires_grad=True)
+        for net in nets:
+            h = net(h)
+        (h * h).sum().backward()
+        results[name] = [h.data.copy()] + [p.grad.copy() for net in nets for p in net.parameters()]
+        for net in nets:
+            for p in net.parameters():
+                p.grad = None
+    assert sum(fused_calls) == 4   # Sequential 1, BasicBlock 1, Bottleneck 2
+    for a, b in zip(results["fused"], results["unfused"]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_cnnlab_jit_0_switches_the_numba_kernels_off(monkeypatch):
     from cnnlab.kernels import jit
     monkeypatch.setenv("CNNLAB_JIT", "0")

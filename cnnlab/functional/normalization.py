@@ -32,18 +32,18 @@ class BatchNormFunction(Function):
     into one scale and shift (``_evaluate``)."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, *, running_mean, running_var, momentum, eps, training, grad=True):
+    def forward(ctx, x, gamma, beta, *, running_mean, running_var, momentum, eps, training, grad=True, relu=False):
         total, dot = _channel_specs(x.ndim)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         count = x.size // x.shape[1]
         blocks = parallel.split(x)
         if not training and not grad:
-            return _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks)
+            return _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks, relu)
         x_hat = np.empty_like(x)                     # keeps x's memory layout (channels-last after a conv)
         k = _jit_kernels(x) if training else None
         if k is not None:
             return _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momentum, eps, blocks,
-                                shape, count)
+                                shape, count, relu)
         if training:
             def channel_sums(lo, hi, acc):
                 parallel.add_to(acc, "s", np.einsum(total, x[lo:hi]))
@@ -72,20 +72,24 @@ class BatchNormFunction(Function):
                 out[lo:hi] = xh
             if beta is not None:
                 out[lo:hi] += beta.reshape(shape)
+            if relu:
+                np.maximum(out[lo:hi], 0, out=out[lo:hi])
 
         parallel.run(blocks, normalize, blas=False)
-        ctx.save_for_backward(x_hat, inv_std, gamma)
+        ctx.save_for_backward(x_hat, inv_std, gamma, out if relu else None)
         ctx.meta = (shape, count, training)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x_hat, inv_std, gamma = ctx.saved_tensors
+        x_hat, inv_std, gamma, relu_out = ctx.saved_tensors
         shape, count, training = ctx.meta
         k = _jit_kernels(x_hat) if training else None
         if k is not None:
             g = in_order(g, axis_order(x_hat))   # g laid out otherwise (or broadcast): one copy into x's
-            return _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count)
+            return _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_out)
+        if relu_out is not None:  # the fused ReLU's gradient: g where it output more than 0, else 0
+            g = np.where(relu_out > 0, g, 0)
         total, dot = _channel_specs(g.ndim)
         blocks = parallel.split(g)
 
@@ -113,7 +117,7 @@ class BatchNormFunction(Function):
         return dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None
 
 
-def _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks):
+def _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks, relu=False):
     """Evaluation with no gradient to follow (inference): the running statistics and the
     affine parameters folded into one scale and one shift per channel, as PyTorch folds
     them, so two passes over x instead of four, and no x_hat kept."""
@@ -127,6 +131,8 @@ def _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks):
     def affine(lo, hi, acc):
         np.multiply(x[lo:hi], scale, out=out[lo:hi])
         out[lo:hi] += shift
+        if relu:
+            np.maximum(out[lo:hi], 0, out=out[lo:hi])
 
     parallel.run(blocks, affine, blas=False)
     return out
@@ -154,7 +160,8 @@ def _update_running(running_mean, running_var, mean, var, count, momentum):
             run += run.dtype.type(momentum) * batch
 
 
-def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momentum, eps, blocks, shape, count):
+def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momentum, eps, blocks, shape, count,
+                 relu):
     """Training forward in three passes over x (sum, centred square sum, normalise), per
     block of the batch on cnnlab's threads; partial sums are added in thread order."""
     c, dt = x.shape[1], x.dtype
@@ -180,23 +187,27 @@ def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momen
 
     def normalize(lo, hi, acc):
         r = slice(lo * per, hi * per)
-        k.normalize(xr[r], mean, inv_std, gam, bet, hr[r], outr[r])
+        k.normalize(xr[r], mean, inv_std, gam, bet, hr[r], outr[r], relu)
 
     parallel.run(blocks, normalize, blas=False)
-    ctx.save_for_backward(x_hat, inv_std, gamma)
+    ctx.save_for_backward(x_hat, inv_std, gamma, out if relu else None)
     ctx.meta = (shape, count, True)
     return out
 
 
-def _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count):
-    """Training backward in two passes: the sums of g and g * x_hat, then the input gradient."""
+def _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_out):
+    """Training backward in two passes: the sums of g and g * x_hat, then the input
+    gradient; through a fused ReLU (``relu_out``, its output), g counts only where that
+    output is positive."""
     dt = g.dtype
     per = count // g.shape[0]
     gr, hr = _rows(g), _rows(x_hat)
+    yr = None if relu_out is None else _rows(relu_out)
     blocks = parallel.split(g)
 
     def sums(lo, hi, acc):
-        sg, sgx = k.grad_sums(gr[lo * per:hi * per], hr[lo * per:hi * per])
+        r = slice(lo * per, hi * per)
+        sg, sgx = k.grad_sums(gr[r], hr[r]) if yr is None else k.grad_sums_relu(gr[r], yr[r], hr[r])
         parallel.add_to(acc, "g", sg)
         parallel.add_to(acc, "gx", sgx)
 
@@ -211,14 +222,17 @@ def _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count):
 
         def input_grad(lo, hi, acc):
             r = slice(lo * per, hi * per)
-            k.input_grad(gr[r], hr[r], scale, a, b, dr[r])
+            if yr is None:
+                k.input_grad(gr[r], hr[r], scale, a, b, dr[r])
+            else:
+                k.input_grad_relu(gr[r], yr[r], hr[r], scale, a, b, dr[r])
 
         parallel.run(blocks, input_grad, blas=False)
     return dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5):
+               momentum=0.1, eps=1e-5, *, relu=False):
     """Batch normalisation over axis 1 of (N, C), (N, C, L) or (N, C, H, W) input
     (``torch.nn.functional.batch_norm``).
 
@@ -226,7 +240,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     updated in place: ``running = (1 - momentum) * running + momentum * batch``, with the
     *unbiased* batch variance for ``running_var``, as PyTorch does; ``momentum=None``
     gives their cumulative average only through the layer, which counts batches.
-    In evaluation the running statistics normalise."""
+    In evaluation the running statistics normalise. ``relu=True`` applies ReLU to the
+    output in the same pass (``nn.Sequential`` and the residual blocks do this for a
+    batch norm followed by a ReLU): the values and gradients of ``relu(batch_norm(...))``,
+    except that a NaN gradient where the ReLU output 0 gives 0, as in PyTorch."""
     where = "batch_norm"
     x = as_tensor(input, "batch_norm", "input")
     if x.ndim < 2:
@@ -247,4 +264,4 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise InputError(f"{where}: evaluation mode needs running_mean and running_var")
     grad = is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     return BatchNormFunction.apply(x, weight, bias, running_mean=rm, running_var=rv, momentum=momentum, eps=eps,
-                                   training=training, grad=grad)
+                                   training=training, grad=grad, relu=bool(relu))

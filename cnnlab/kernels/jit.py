@@ -94,13 +94,41 @@ def _build():
         return s
 
     @jit
-    def normalize(x, mean, inv_std, gamma, beta, x_hat, out):
-        """x_hat = (x - mean) * inv_std; out = x_hat * gamma + beta (one pass)."""
+    def normalize(x, mean, inv_std, gamma, beta, x_hat, out, relu):
+        """x_hat = (x - mean) * inv_std; out = x_hat * gamma + beta, then max(out, 0) if
+        ``relu`` (one pass)."""
         for i in range(x.shape[0]):
             for j in range(x.shape[1]):
                 h = (x[i, j] - mean[j]) * inv_std[j]
                 x_hat[i, j] = h
                 out[i, j] = h * gamma[j] + beta[j]
+            if relu:
+                for j in range(x.shape[1]):
+                    if out[i, j] < 0:      # NaN stays NaN, as in np.maximum
+                        out[i, j] = 0
+
+    @jit
+    def grad_sums_relu(g, y, x_hat):
+        """grad_sums of g where y > 0, else 0: through a fused ReLU whose output was y."""
+        c = g.shape[1]
+        zero = np.zeros(1, g.dtype)[0]       # typed like g, so the arithmetic stays in g's precision
+        sg = np.zeros(c, np.float64)
+        sgx = np.zeros(c, np.float64)
+        for i in range(g.shape[0]):
+            for j in range(c):
+                gr = g[i, j] if y[i, j] > 0 else zero
+                sg[j] += gr
+                sgx[j] += gr * x_hat[i, j]
+        return sg, sgx
+
+    @jit
+    def input_grad_relu(g, y, x_hat, scale, a, b, out):
+        """input_grad of g where y > 0, else 0: through a fused ReLU whose output was y."""
+        zero = np.zeros(1, g.dtype)[0]
+        for i in range(g.shape[0]):
+            for j in range(g.shape[1]):
+                gr = g[i, j] if y[i, j] > 0 else zero
+                out[i, j] = gr * scale[j] - x_hat[i, j] * a[j] - b[j]
 
     @jit
     def grad_sums(g, x_hat):
@@ -165,4 +193,5 @@ def _build():
 
     return types.SimpleNamespace(channel_sums=channel_sums, centered_square_sums=centered_square_sums,
                                  normalize=normalize, grad_sums=grad_sums, input_grad=input_grad,
+                                 grad_sums_relu=grad_sums_relu, input_grad_relu=input_grad_relu,
                                  max_pool_forward=max_pool_forward, max_pool_backward=max_pool_backward)

@@ -13,7 +13,7 @@ from ..ops import cat
 from ..autograd import Tensor
 from .conv import Conv2d
 from .layers import Identity, ReLU
-from .module import Module, Sequential
+from .module import Module, Sequential, fused_relu
 from .normalization import BatchNorm2d
 
 
@@ -76,7 +76,7 @@ class BasicBlock(Module):
         self.relu = ReLU()
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = fused_relu(self.bn1, self.relu, self.conv1(x))
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
 
@@ -99,7 +99,7 @@ class Bottleneck(Module):
         self.relu = ReLU()
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = fused_relu(self.bn1, self.relu, self.conv1(x))
+        out = fused_relu(self.bn2, self.relu, self.conv2(out))
         out = self.bn3(self.conv3(out))
         return self.relu(out + self.shortcut(x))
