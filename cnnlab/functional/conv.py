@@ -24,6 +24,16 @@ image plane per tap, shape (C*KH*KW, N*Ho*Wo), copied in runs of a whole output 
 (Caffe's im2col); the multiply reads it transposed. :func:`_planes` picks whichever
 layout copies the longer runs.
 
+Small products: OpenBLAS multiplies matrices up to about 2^20 M*N*K without packing them,
+about twice as fast per flop on these shapes. So a stride-1 convolution runs by kernel
+rows (:func:`_conv_by_rows`): only one kernel row's columns are copied, (nb, H, Wo,
+KW*C), and kernel row u reads them shifted down u rows, a view, in one product per image
+and kernel row, summed over u. Few-channel layers (the planes layout) multiply image by
+image. Larger products keep the full im2col and one multiply per block.
+
+``relu=True`` (what ``nn.Sequential`` asks for a Conv2d followed by a ReLU) applies the
+ReLU to each block while it is in cache, and masks the gradient inside backward's blocks.
+
 Backward, for an upstream gradient G of shape (N*Ho*Wo, F):
     dW = cols^T @ G                          weight sharing: a sum over every position
     db = G summed over N, Ho, Wo
@@ -32,7 +42,7 @@ Backward, for an upstream gradient G of shape (N*Ho*Wo, F):
 col2im runs one tap at a time: the tap's product G @ W_tap^T (N*Ho*Wo, C) is added to the
 strided view of the input that tap read. For stride 1 when channels do not expand (F <= C,
 as in ResNets), dX is instead the equivalent gather: G, zero-padded, cross-correlated
-with the flipped kernel (im2col again, then one larger, better-shaped multiply).
+with the flipped kernel (im2col again, or by kernel rows, then a better-shaped multiply).
 """
 from __future__ import annotations
 
