@@ -52,7 +52,7 @@ import numbers
 import numpy as np
 
 from .._errors import InputError, check_float, check_rank, pair
-from ..kernels import add_windows, out_size, pad2d, pad2d_backward, parallel, windows
+from ..kernels import add_windows, jit, out_size, pad2d, pad2d_backward, parallel, windows
 from ..kernels.padding import MODES as PADDING_MODES
 from ..autograd import Function, as_tensor as _as_tensor, unbroadcast
 
@@ -237,6 +237,9 @@ class Conv2dFunction(Function):
             # zeros padding: only the unpadded part of the padded input's gradient is needed
             (r0, rows), (c0, cols_) = (((pads[0], h), (pads[2], wd)) if padding_mode == "zeros"
                                        else ((0, hp), (0, wp)))
+        k = None if gather or not need_dx else _col2im_kernels(grad.dtype, g)
+        if k is not None:
+            wall = np.ascontiguousarray(wmat[0].T)                                   # F, KH*KW*C
 
         def block(lo, hi, acc):
             nb = hi - lo
@@ -282,6 +285,11 @@ class Conv2dFunction(Function):
                     np.matmul(gcols, wflip, out=dx[lo:hi].reshape(-1, g, cg).transpose(1, 0, 2))
                     return
                 dxp = np.matmul(gcols, wflip).transpose(1, 0, 2).reshape(nb, hp, wp, c)
+            elif k is not None:  # one product G @ W^T for every tap, then one compiled scatter-add
+                dcols = parallel.workspace(3, (nb * ho * wo, kh * kw * c), grad.dtype)
+                np.matmul(gm[0], wall, out=dcols)
+                dxp = parallel.workspace(2, (nb, hp, wp, c), grad.dtype)
+                k.col2im(dcols.reshape(nb, ho, wo, kh, kw, c), *stride, *dilation, dxp)
             else:  # col2im one tap at a time: each tap's product G @ W_tap^T, contiguous,
                 # is added where that tap read from, a strided view of the padded input
                 # (runs of whole output rows for stride 1, not of C values per window)
@@ -328,6 +336,14 @@ def _add_bias(out, bias) -> None:
         rows_of_k += repeated.reshape(-1)
     else:
         out += bias
+
+
+def _col2im_kernels(dtype, groups: int):
+    """The Numba kernels for col2im (``kernels.jit``), where installed, for one group of
+    float channels; None to add tap by tap in NumPy."""
+    if groups != 1 or dtype not in (np.float32, np.float64):
+        return None
+    return jit.kernels()
 
 
 def _gather_dx(c: int, f: int, groups: int) -> bool:

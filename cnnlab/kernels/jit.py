@@ -191,7 +191,25 @@ def _build():
                             else:
                                 dxp[b, r, q, ch] += v
 
-    return types.SimpleNamespace(channel_sums=channel_sums, centered_square_sums=centered_square_sums,
+    @jit
+    def col2im(d, sh, sw, dh, dw, dxp):
+        """dxp = 0, then each window's gradient added back where the window read from:
+        d (N, Ho, Wo, KH, KW, C), one row per output position, as the product G @ W^T
+        gives it; dxp (N, Hp, Wp, C), the padded input's gradient. One pass, channels
+        innermost, instead of a strided NumPy add per tap (six values long for LeNet-5)."""
+        dxp[...] = 0
+        n, ho, wo, kh, kw, c = d.shape
+        for b in range(n):
+            for i in range(ho):
+                for j in range(wo):
+                    for u in range(kh):
+                        r = i * sh + u * dh
+                        for v in range(kw):
+                            q = j * sw + v * dw
+                            for ch in range(c):
+                                dxp[b, r, q, ch] += d[b, i, j, u, v, ch]
+
+    return types.SimpleNamespace(col2im=col2im, channel_sums=channel_sums, centered_square_sums=centered_square_sums,
                                  normalize=normalize, grad_sums=grad_sums, input_grad=input_grad,
                                  grad_sums_relu=grad_sums_relu, input_grad_relu=input_grad_relu,
                                  max_pool_forward=max_pool_forward, max_pool_backward=max_pool_backward)
