@@ -40,7 +40,8 @@ Backward, for an upstream gradient G of shape (N*Ho*Wo, F):
     dX = col2im(G @ W^T)                     each window's gradient added back where it came from,
                                               then the padding's adjoint.
 col2im runs one tap at a time: the tap's product G @ W_tap^T (N*Ho*Wo, C) is added to the
-strided view of the input that tap read. For stride 1 when channels do not expand (F <= C,
+strided view of the input that tap read; with Numba, one product G @ W^T for every tap and
+one compiled scatter-add (``kernels.jit.col2im``) replace the taps' strided adds. For stride 1 when channels do not expand (F <= C,
 as in ResNets), dX is instead the equivalent gather: G, zero-padded, cross-correlated
 with the flipped kernel (im2col again, or by kernel rows, then a better-shaped multiply).
 """

@@ -5,8 +5,10 @@ Batch norm is one case: in NumPy its training forward pass is six array operatio
 and writing the whole activation. The loops below do the same arithmetic in three
 passes forward (mean, variance, normalise) and two backward (sums, then the input
 gradient), one row (a position's C channels, channels-last) at a time. Max pooling
-with its arg-max is the other: five NumPy operations per window tap forward and two
-backward become one pass each way.
+with its arg-max is another: five NumPy operations per window tap forward and two
+backward become one pass each way. col2im is the third: a strided add per kernel tap,
+each only C values long at a time, becomes one scatter-add pass. A fused ReLU's mask
+rides along in the batch-norm passes.
 
 Numba is the ``fast`` extra. Without it, or with ``CNNLAB_JIT=0`` in the environment,
 :func:`kernels` returns None and callers keep their NumPy code, which stays the
