@@ -64,15 +64,16 @@ GEOMETRY = {
 def layout(request, monkeypatch):
     """The automatic choices, then each im2col layout (forward and weight gradient) and
     each stride-1 input-gradient method forced, stride 1 both by kernel rows (the
-    automatic choice for these small shapes) and by the full im2col, so every kernel path
-    is checked against PyTorch on every geometry whatever the choice rules pick for it;
-    the taps' scatter-add both compiled (with Numba) and in NumPy."""
+    automatic choice for these small shapes) and by the full im2col (the gather as it
+    runs without Numba; with Numba, col2im takes over there), so every kernel path is
+    checked against PyTorch on every geometry whatever the choice rules pick for it; the
+    taps' scatter-add both compiled (with Numba) and in NumPy."""
     conv = cnnlab.functional.conv
     if request.param != "auto":
         planes = request.param.startswith("planes")
         monkeypatch.setattr(conv, "_planes", lambda kw, cg, wo: planes)
         monkeypatch.setattr(conv, "_gather_dx", lambda c, f, groups: not planes)
-    if request.param.endswith("NumPy col2im"):
+    if request.param.endswith("NumPy col2im") or request.param.endswith("full im2col"):
         monkeypatch.setattr(conv, "_col2im_kernels", lambda dtype, groups: None)
     if request.param.endswith("full im2col"):
         monkeypatch.setattr(conv, "_by_rows", lambda *args: False)

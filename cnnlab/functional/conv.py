@@ -227,8 +227,12 @@ class Conv2dFunction(Function):
         need_dx, need_dw = ctx.needs_input_grad[:2]
         need_db = b_ndim is not None and ctx.needs_input_grad[2]
         dx = np.empty((n, h, wd, c), grad.dtype) if need_dx else None               # N H W C
-        gather = stride == (1, 1) and _gather_dx(c, f, g)
+        k = _col2im_kernels(grad.dtype, g) if need_dx else None
+        # the gather wins by kernel rows; with the full im2col, the compiled col2im wins
+        # (MNIST CNN conv3, forward + backward: 18.4 -> 16.5 ms)
+        gather = stride == (1, 1) and _gather_dx(c, f, g) and (by_rows or k is None)
         if gather:
+            k = None
             # the input gradient of a stride-1 convolution is a "full" cross-correlation of
             # the output gradient with the flipped kernel, in/out channels swapped: an
             # im2col gather instead of col2im's KH*KW strided scatter-adds
@@ -238,7 +242,6 @@ class Conv2dFunction(Function):
             # zeros padding: only the unpadded part of the padded input's gradient is needed
             (r0, rows), (c0, cols_) = (((pads[0], h), (pads[2], wd)) if padding_mode == "zeros"
                                        else ((0, hp), (0, wp)))
-        k = None if gather or not need_dx else _col2im_kernels(grad.dtype, g)
         if k is not None:
             wall = np.ascontiguousarray(wmat[0].T)                                   # F, KH*KW*C
 
