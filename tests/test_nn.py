@@ -565,3 +565,14 @@ def test_sequential_does_not_fuse_while_calls_are_observed(monkeypatch):
     with nn.observe_calls(lambda m, args, out: seen.append(type(m).__name__)):
         net(cnnlab.Tensor(np.ones((1, 2, 6, 6), np.float32)))
     assert len(calls) == 3 and seen.count("ReLU") == 3 and seen.count("Conv2d") == 2
+
+
+def test_sequential_does_not_fuse_layers_whose_forward_was_replaced_on_the_instance():
+    x = cnnlab.Tensor(np.random.default_rng(2).standard_normal((2, 2, 6, 6)).astype(np.float32))
+    net = _conv_relu_net()
+    net[1].forward = lambda h: F.relu(h) + 1          # this ReLU adds 1
+    net[3].forward = lambda h: nn.Conv2d.forward(net[3], h) * 2
+    h = x
+    for layer in net:
+        h = layer(h)
+    np.testing.assert_array_equal(net(x).data, h.data)

@@ -353,6 +353,45 @@ def test_set_num_threads_ends_the_old_workers(blocking):
     assert [acc["n"] for acc in out] == [2, 2] and settle(1) == 1
 
 
+def test_a_run_that_finds_the_workers_busy_runs_inline_with_the_same_bits(blocking):
+    blocking(2, per_block=4096)
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((6, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3))
+
+    def conv():
+        xt, wt = cnnlab.Tensor(x, requires_grad=True), cnnlab.Tensor(w, requires_grad=True)
+        (F.conv2d(xt, wt, padding=1) ** 2).sum().backward()
+        return xt.grad, wt.grad
+
+    want = conv()
+    pool = parallel._get_pool()
+    assert pool.busy.acquire(blocking=False)     # as if another thread's run had the workers
+    try:
+        got = conv()
+    finally:
+        pool.busy.release()
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_on_workers_ended_meanwhile_runs_inline_instead_of_hanging(blocking, monkeypatch):
+    """set_num_threads from another thread can end the workers between a run fetching
+    the pool and taking it; the run must notice instead of waiting for them forever."""
+    blocking(3)
+    stale = parallel._get_pool()
+    parallel.set_num_threads(2)                  # retires (and stops) the pool fetched above
+    assert stale.retired
+    monkeypatch.setattr(parallel, "_get_pool", lambda: stale)
+    result = []
+    t = threading.Thread(target=lambda: result.append(
+        parallel.run([(i, i + 1) for i in range(4)], lambda lo, hi, acc: parallel.add_to(acc, "n", 1))))
+    t.daemon = True
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the run waited for workers that no longer exist"
+    assert [acc["n"] for acc in result[0]] == [2, 2]
+
+
 def test_nested_run_runs_inline(blocking):
     blocking(2)
     out = np.zeros(16)
@@ -592,6 +631,36 @@ def test_batch_norm_relu_fused_in_sequential_and_residual_blocks_is_bit_identica
                 p.grad = None
     assert sum(fused_calls) == 4   # Sequential 1, BasicBlock 1, Bottleneck 2
     for a, b in zip(results["fused"], results["unfused"]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("path", ["numpy", "numba"])
+@pytest.mark.parametrize("where", ["cut", "kept"])
+def test_batch_norm_fused_relu_gradient_is_the_separate_relus_even_for_inf_and_nan(monkeypatch, path, where):
+    from cnnlab.functional import normalization
+    from cnnlab.kernels import jit
+    if path == "numba" and not jit.available():
+        pytest.skip("Numba is not installed (the fast extra)")
+    if path == "numpy":
+        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    x = _channels_last_of(np.random.default_rng(8).standard_normal((4, 3, 5, 5)).astype(np.float32))
+    results = []
+    for fused in (True, False):
+        xt = cnnlab.Tensor(x, requires_grad=True)
+        w, b = cnnlab.Tensor(np.ones(3, np.float32), requires_grad=True), cnnlab.Tensor(np.zeros(3, np.float32),
+                                                                                       requires_grad=True)
+        out = (F.batch_norm(xt, None, None, w, b, training=True, relu=True) if fused
+               else F.relu(F.batch_norm(xt, None, None, w, b, training=True)))
+        # inf and NaN where the ReLU output 0: a separate ReLU passes them on as NaN
+        # (inf * 0), and so the batch norm's sums become NaN, which the fused one must match
+        cut = np.flatnonzero((out.data.reshape(-1) == 0) == (where == "cut"))
+        g = np.ones(out.shape, np.float32)
+        g.reshape(-1)[cut[::2]] = np.inf
+        g.reshape(-1)[cut[1::4]] = np.nan
+        with np.errstate(invalid="ignore"):
+            out.backward(_channels_last_of(g))
+        results.append((out.data, xt.grad, w.grad, b.grad))
+    for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 
 

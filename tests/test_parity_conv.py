@@ -67,7 +67,8 @@ def layout(request, monkeypatch):
     automatic choice for these small shapes) and by the full im2col (the gather as it
     runs without Numba; with Numba, col2im takes over there), so every kernel path is
     checked against PyTorch on every geometry whatever the choice rules pick for it; the
-    taps' scatter-add both compiled (with Numba) and in NumPy."""
+    taps' scatter-add both compiled (with Numba) and in NumPy, and few-channel products
+    both per image and per block."""
     conv = cnnlab.functional.conv
     if request.param != "auto":
         planes = request.param.startswith("planes")
@@ -75,6 +76,8 @@ def layout(request, monkeypatch):
         monkeypatch.setattr(conv, "_gather_dx", lambda c, f, groups: not planes)
     if request.param.endswith("NumPy col2im") or request.param.endswith("full im2col"):
         monkeypatch.setattr(conv, "_col2im_kernels", lambda dtype, groups: None)
+    if request.param.endswith("NumPy col2im"):  # and one product per block, not per image
+        monkeypatch.setattr(conv, "_per_image", lambda *args: False)
     if request.param.endswith("full im2col"):
         monkeypatch.setattr(conv, "_by_rows", lambda *args: False)
     return request.param
@@ -117,6 +120,50 @@ def test_conv2d_bias_of_few_filters_matches_torch(n, hw, filters, dtype):
     arrays = [rand(rng, n, 2, *hw), rand(rng, filters, 2, 3, 3), rand(rng, filters)]
     check_op("conv2d", lambda x, w, b: F.conv2d(x, w, b, padding=1),
              lambda x, w, b: TF.conv2d(x, w, b, padding=1), arrays, dtype)
+
+
+@pytest.mark.parametrize("xs,ws,kw", [((0, 1, 28, 28), (6, 1, 5, 5), dict(padding=2)),      # planes, per image
+                                      ((0, 6, 14, 14), (16, 6, 5, 5), {}),                  # by rows, col2im
+                                      ((0, 16, 8, 8), (16, 16, 3, 3), dict(padding=1)),     # by rows, gather
+                                      ((0, 4, 9, 9), (8, 4, 3, 3), dict(stride=2, padding=1))])
+def test_conv2d_on_an_empty_batch(xs, ws, kw, layout):
+    """An empty batch (an empty last batch, an empty selection) gives an empty output and
+    zero weight and bias gradients on every kernel path, as in PyTorch."""
+    x = cnnlab.Tensor(np.zeros(xs, np.float32), requires_grad=True)
+    w = cnnlab.Tensor(np.ones(ws, np.float32), requires_grad=True)
+    b = cnnlab.Tensor(np.ones(ws[0], np.float32), requires_grad=True)
+    out = F.conv2d(x, w, b, relu=True, **kw)
+    want = TF.conv2d(torch.zeros(xs), torch.ones(ws), torch.ones(ws[0]), **kw)
+    assert out.shape == tuple(want.shape)
+    out.sum().backward()
+    assert x.grad.shape == xs and not w.grad.any() and not b.grad.any()
+
+
+@pytest.mark.parametrize("case", ["basic", "stride2", "one_channel"])
+def test_conv2d_fused_relu_gradient_is_the_separate_relus_even_for_inf_and_nan(case, layout):
+    """relu=True gives exactly relu(conv2d(...))'s output and gradients, also where the
+    upstream gradient is inf or NaN."""
+    xs, ws, kw = GEOMETRY[case]
+    rng = np.random.default_rng(13)
+    x, w = rand(rng, *xs).astype(np.float32), rand(rng, *ws).astype(np.float32)
+    results = []
+    for fused in (True, False):
+        xt, wt = cnnlab.Tensor(x, requires_grad=True), cnnlab.Tensor(w, requires_grad=True)
+        out = F.conv2d(xt, wt, relu=True, **kw) if fused else F.relu(F.conv2d(xt, wt, **kw))
+        g = np.ones(out.shape, np.float32)
+        g.reshape(-1)[::3] = np.inf
+        g.reshape(-1)[1::5] = np.nan
+        with np.errstate(invalid="ignore"):   # inf * 0 in the mask, as in the separate ReLU
+            out.backward(g)
+        results.append((out.data, xt.grad, wt.grad))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_conv2d_bias_dtype_must_match_the_input():
+    x, w = np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="input dtype float32 and bias dtype float64 differ"):
+        F.conv2d(x, w, np.zeros(3))
 
 
 def test_conv2d_large_values_keep_relative_accuracy(dtype):

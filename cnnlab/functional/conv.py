@@ -40,10 +40,12 @@ Backward, for an upstream gradient G of shape (N*Ho*Wo, F):
     dX = col2im(G @ W^T)                     each window's gradient added back where it came from,
                                               then the padding's adjoint.
 col2im runs one tap at a time: the tap's product G @ W_tap^T (N*Ho*Wo, C) is added to the
-strided view of the input that tap read; with Numba, one product G @ W^T for every tap and
-one compiled scatter-add (``kernels.jit.col2im``) replace the taps' strided adds. For stride 1 when channels do not expand (F <= C,
+strided view of the input that tap read; with Numba (and one group), one product G @ W^T
+for every tap and one compiled scatter-add (``kernels.jit.col2im``) replace the taps'
+strided adds. For stride 1 when channels do not expand (F <= C,
 as in ResNets), dX is instead the equivalent gather: G, zero-padded, cross-correlated
-with the flipped kernel (im2col again, or by kernel rows, then a better-shaped multiply).
+with the flipped kernel by kernel rows (or, without Numba, by the full im2col). With
+Numba, a stride-1 layer too large to go by rows takes the compiled col2im instead.
 """
 from __future__ import annotations
 
@@ -163,7 +165,8 @@ class Conv2dFunction(Function):
     block's im2col matrix is built in a reused, cache-sized workspace and multiplied at
     once, and blocks are spread over cnnlab's threads. Only the padded input is kept for
     backward, which rebuilds each block's columns: a copy into cache is cheaper than
-    keeping the KH*KW times larger column matrix in memory."""
+    keeping the KH*KW times larger column matrix in memory. With ``relu=True`` the output
+    is kept too, for the ReLU's gradient mask."""
 
     @staticmethod
     def forward(ctx, x, w, b, *, stride, pads, dilation, groups, padding_mode, relu=False):
@@ -200,7 +203,7 @@ class Conv2dFunction(Function):
             else:
                 cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0, planes=planes)  # the one copy
                 if per_image:   # LeNet-5's first layer: 0.26 -> 0.15 ms a block of 32 images
-                    np.matmul(_images(cols, hi - lo), wcols[0], out=out_b.reshape(hi - lo, ho * wo, f))
+                    np.matmul(_images(cols, hi - lo, ho * wo), wcols[0], out=out_b.reshape(hi - lo, ho * wo, f))
                 else:
                     np.matmul(cols, wcols, out=out_b.reshape(-1, g, fg).transpose(1, 0, 2))
             if bias is not None:
@@ -266,7 +269,7 @@ class Conv2dFunction(Function):
             elif need_dw:
                 cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0, planes=planes)
                 if per_image:  # LeNet-5's first layer: 0.30 -> 0.13 ms a block of 32 images
-                    dwb = np.matmul(_images(cols, nb).transpose(0, 2, 1), gm[0].reshape(nb, ho * wo, f))
+                    dwb = np.matmul(_images(cols, nb, ho * wo).transpose(0, 2, 1), gm[0].reshape(nb, ho * wo, f))
                     parallel.add_to(acc, "dw", dwb.sum(axis=0, keepdims=True))
                 else:
                     parallel.add_to(acc, "dw", np.matmul(cols.transpose(0, 2, 1), gm))  # G K Fg
@@ -351,11 +354,12 @@ def _col2im_kernels(dtype, groups: int):
 
 
 def _gather_dx(c: int, f: int, groups: int) -> bool:
-    """Whether a stride-1 convolution's input gradient is computed as a gather (im2col of
-    the output gradient, KH*KW*F values per input position) rather than by col2im one tap
-    at a time (KH*KW passes over the input's C values). Measured on LeNet-5, the MNIST CNN
-    and ResNet-20: the gather wins unless channels expand (F > C), and for groups, where
-    a tap's product is no longer contiguous per position."""
+    """Whether a stride-1 convolution's input gradient may be computed as a gather (a
+    correlation of the output gradient with the flipped kernel) rather than by col2im.
+    Measured on LeNet-5, the MNIST CNN and ResNet-20: the gather wins unless channels
+    expand (F > C), and for groups, where a tap's product is no longer contiguous per
+    position. ``Conv2dFunction.backward`` then also asks that the gather can run by kernel
+    rows, or that there is no compiled col2im to beat it."""
     return f <= c or groups > 1
 
 
@@ -430,14 +434,14 @@ def _per_image(planes: bool, groups: int, mnk: int) -> bool:
     return planes and groups == 1 and mnk <= ROW_PRODUCT_MNK
 
 
-def _images(cols, nb: int):
+def _images(cols, nb: int, positions: int):
     """The (1, nb*Ho*Wo, K) columns of one group as (nb, Ho*Wo, K), one matrix per image
-    (a view, whichever layout :func:`_im2col` built)."""
-    _, m, k = cols.shape
+    (a view, whichever layout :func:`_im2col` built); ``positions`` = Ho*Wo."""
     c2 = cols[0]
+    k = c2.shape[1]
     if c2.flags.c_contiguous:
-        return c2.reshape(nb, m // max(nb, 1), k)
-    return c2.T.reshape(k, nb, m // max(nb, 1)).transpose(1, 2, 0)                 # planes: (K, M) memory
+        return c2.reshape(nb, positions, k)
+    return c2.T.reshape(k, nb, positions).transpose(1, 2, 0)                       # planes: (K, M) memory
 
 
 def _planes(kw: int, cg: int, wo: int) -> bool:
@@ -534,6 +538,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             raise InputError(
                 f"{where}: bias must have shape ({f},) or, untied, {(f,) + out_hw}, got {bias.shape}"
             )
+        if bias.dtype != x.dtype:
+            raise InputError(f"{where}: input dtype {x.dtype} and bias dtype {bias.dtype} differ")
     if flip_kernel:
         w = w[:, :, ::-1, ::-1]
     out = Conv2dFunction.apply(x, w, bias, stride=stride, pads=pads, dilation=dilation,

@@ -88,8 +88,8 @@ class BatchNormFunction(Function):
         if k is not None:
             g = in_order(g, axis_order(x_hat))   # g laid out otherwise (or broadcast): one copy into x's
             return _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_out)
-        if relu_out is not None:  # the fused ReLU's gradient: g where it output more than 0, else 0
-            g = np.where(relu_out > 0, g, 0)
+        if relu_out is not None:  # the fused ReLU's gradient, as ops.ReLU computes it
+            g = g * (relu_out > 0)
         total, dot = _channel_specs(g.ndim)
         blocks = parallel.split(g)
 
@@ -242,8 +242,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     gives their cumulative average only through the layer, which counts batches.
     In evaluation the running statistics normalise. ``relu=True`` applies ReLU to the
     output in the same pass (``nn.Sequential`` and the residual blocks do this for a
-    batch norm followed by a ReLU): the values and gradients of ``relu(batch_norm(...))``,
-    except that a NaN gradient where the ReLU output 0 gives 0, as in PyTorch."""
+    batch norm followed by a ReLU), with exactly the values and gradients of
+    ``relu(batch_norm(...))``."""
     where = "batch_norm"
     x = as_tensor(input, "batch_norm", "input")
     if x.ndim < 2:

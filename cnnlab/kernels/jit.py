@@ -54,8 +54,8 @@ def kernels():
                     try:
                         built = _build()
                     except Exception as e:  # noqa: BLE001 - e.g. a Numba too old for this NumPy
-                        warnings.warn(f"cnnlab: Numba kernels unavailable ({type(e).__name__}: {e}); batch norm "
-                                      "and max pooling run on NumPy", RuntimeWarning, stacklevel=2)
+                        warnings.warn(f"cnnlab: Numba kernels unavailable ({type(e).__name__}: {e}); batch norm, "
+                                      "max pooling and col2im run on NumPy", RuntimeWarning, stacklevel=2)
                 _kernels = built
     return _kernels or None
 
@@ -111,25 +111,26 @@ def _build():
 
     @jit
     def grad_sums_relu(g, y, x_hat):
-        """grad_sums of g where y > 0, else 0: through a fused ReLU whose output was y."""
+        """grad_sums of g * (y > 0), as a separate ReLU's gradient: through a fused ReLU
+        whose output was y."""
         c = g.shape[1]
         zero = np.zeros(1, g.dtype)[0]       # typed like g, so the arithmetic stays in g's precision
         sg = np.zeros(c, np.float64)
         sgx = np.zeros(c, np.float64)
         for i in range(g.shape[0]):
             for j in range(c):
-                gr = g[i, j] if y[i, j] > 0 else zero
+                gr = g[i, j] if y[i, j] > 0 else g[i, j] * zero
                 sg[j] += gr
                 sgx[j] += gr * x_hat[i, j]
         return sg, sgx
 
     @jit
     def input_grad_relu(g, y, x_hat, scale, a, b, out):
-        """input_grad of g where y > 0, else 0: through a fused ReLU whose output was y."""
+        """input_grad of g * (y > 0): through a fused ReLU whose output was y."""
         zero = np.zeros(1, g.dtype)[0]
         for i in range(g.shape[0]):
             for j in range(g.shape[1]):
-                gr = g[i, j] if y[i, j] > 0 else zero
+                gr = g[i, j] if y[i, j] > 0 else g[i, j] * zero
                 out[i, j] = gr * scale[j] - x_hat[i, j] * a[j] - b[j]
 
     @jit

@@ -195,9 +195,11 @@ def run(block_list, fn, flops=None, blas=True, hold_blas=False):
     ``hold_blas``: hold BLAS to one thread even for a single block (see
     :mod:`cnnlab.kernels.gemm` for why).
 
-    If a block raises, its thread stops, the other threads finish their blocks, and then
-    the first exception in thread order is raised: nothing still writes into the
-    outputs once ``run`` has returned or raised. A ``run`` inside a block runs its blocks in that thread."""
+    If a block raises, its thread stops, the other threads finish their blocks (on the
+    workers; a run done inline stops there), and then the first exception in thread order
+    is raised: nothing still writes into the outputs once ``run`` has returned or raised
+    (unless a second Ctrl-C interrupts the wait for the workers). A ``run`` inside a
+    block runs its blocks in that thread."""
     threads = min(get_num_threads(), len(block_list))
     nested = getattr(_local, "in_run", False)
     if len(block_list) == 1 or nested:
@@ -227,17 +229,24 @@ def run(block_list, fn, flops=None, blas=True, hold_blas=False):
         if threads == 1:
             return [work(0)]
         pool = _get_pool()
-        if threads > pool.size + 1 or not pool.busy.acquire(blocking=False):
-            # another thread's run has the workers (or set_num_threads just changed them):
-            # do every thread's share here, in thread order, so the accumulators (and the
-            # rounding) are the same
-            return [work(t) for t in range(threads)]
+        if not pool.busy.acquire(blocking=False):
+            return _inline(work, threads)
+        if pool.retired or threads > pool.size + 1:   # set_num_threads ended these workers meanwhile
+            pool.busy.release()
+            return _inline(work, threads)
         try:
             return pool.run(work, threads)
         finally:
             if pool.retired:
                 _drop_pool(pool)
             pool.busy.release()
+
+
+def _inline(work, threads: int) -> list:
+    """Every thread's share in the calling thread, in thread order, so the accumulators
+    (and the rounding) are those of a run on the workers: for a run that finds them busy
+    with another thread's run, or ended by set_num_threads."""
+    return [work(t) for t in range(threads)]
 
 
 _blas_depth = 0          # how many threads are inside _blas_limited(True)
@@ -315,9 +324,9 @@ def _end_call_hold() -> None:
 
 
 class _Workers:
-    """cnnlab's worker threads, woken by a lock each rather than through a queue:
-    ``concurrent.futures`` took about 40 us to hand out and collect one call's blocks,
-    felt when a small network's step makes twenty calls; this takes about 10 us.
+    """cnnlab's worker threads, woken by a lock each rather than through a queue: a call
+    whose blocks went through ``concurrent.futures`` cost about 40 us to hand out and
+    collect, felt when a small network's step makes twenty calls; this costs about 20 us.
 
     Worker t (1..n) waits on ``go[t]``; ``run`` releases it with the job set, does
     thread 0's share itself, then waits on each ``done[t]``. One run at a time holds
@@ -362,20 +371,21 @@ class _Workers:
                 errors[t] = e
 
         self.job = job
-        for t in range(1, threads):
-            self.go[t].release()
+        started = finished = 1
         try:
-            results[0] = work(0)  # the calling thread takes a share instead of waiting idle
-        except BaseException as e:  # noqa: B036
-            errors[0] = e
-        finished = 1
-        try:
+            for t in range(1, threads):
+                self.go[t].release()
+                started += 1
+            try:
+                results[0] = work(0)  # the calling thread takes a share instead of waiting idle
+            except BaseException as e:  # noqa: B036 - re-raised below, after every thread
+                errors[0] = e
             for t in range(1, threads):
                 self.done[t].acquire()
                 finished += 1
         finally:
-            if finished < threads:   # interrupted (Ctrl-C) while workers still run: their
-                self.retired = True  # late "done" would confuse the next run, so never reuse them
+            if finished < started:   # interrupted (Ctrl-C) while workers still run: their late
+                self.retired = True  # "done" would confuse the next run, so these are never reused
             else:
                 self.job = None
         for e in errors:

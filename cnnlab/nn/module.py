@@ -263,9 +263,10 @@ def _fuses_relu(m, nxt) -> bool:
     """Whether ``m`` followed by ``nxt`` runs as one fused call, ``m(x, relu=True)``: when
     ``m``'s class offers it (``_fuses_relu`` in its own class body, so a subclass that
     changes forward does not inherit it), ``nxt`` is a plain ReLU, and no one observes
-    module calls (the ReLU's own call, and the output before it, would be missing)."""
+    module calls (the ReLU's own call, and the output before it, would be missing), and
+    neither instance has its own ``forward``."""
     return (type(m).__dict__.get("_fuses_relu", False) and type(nxt).__dict__.get("_is_relu", False)
-            and not _call_observers)
+            and not _call_observers and "forward" not in vars(m) and "forward" not in vars(nxt))
 
 
 def fused_relu(m, relu, x):
