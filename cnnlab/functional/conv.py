@@ -420,11 +420,11 @@ def _weight_grad_by_rows(src, gm, ho, kernel, dilation):
     nb, _, wo, k = cols.shape
     f = gm.shape[-1]
     g3 = gm.reshape(nb, ho * wo, f)
-    dw_ = np.empty((kh, k, f), gm.dtype)
+    grad_w = np.empty((kh, k, f), gm.dtype)
     for u in range(kh):
         a = cols[:, u * dh:u * dh + ho].reshape(nb, ho * wo, k)
-        np.sum(np.matmul(a.transpose(0, 2, 1), g3), axis=0, out=dw_[u])
-    return dw_.reshape(1, kh * k, f)
+        np.sum(np.matmul(a.transpose(0, 2, 1), g3), axis=0, out=grad_w[u])
+    return grad_w.reshape(1, kh * k, f)
 
 
 def _per_image(planes: bool, groups: int, mnk: int) -> bool:

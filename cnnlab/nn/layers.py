@@ -59,7 +59,7 @@ class Identity(Module):
 
 
 class ReLU(Module):
-    _is_relu = True   # a Conv2d before it in a Sequential applies it fused (see Sequential)
+    _is_relu = True   # a Conv2d or BatchNorm before it applies it fused (see Sequential)
 
     def forward(self, x):
         return F.relu(x)
