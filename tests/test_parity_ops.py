@@ -103,6 +103,27 @@ def test_max_pool2d_nan_propagates_like_torch():
         np.testing.assert_array_equal(io.data, it.numpy())
 
 
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", list(MAX_POOL) + ["all_negative_padded", "nan"])
+def test_max_pool2d_inference_is_torch_exactly(case, layout, dtype):
+    """With no gradient to follow, max pooling takes maxima down the windows' rows, then
+    across (no arg-max): PyTorch's values exactly, NaN and -inf padding included, laid out
+    like the input (channels-last stays channels-last for the next convolution)."""
+    xs, kw = MAX_POOL.get(case, ((2, 3, 7, 8), dict(kernel_size=3, stride=2, padding=1)))
+    x = distinct(np.random.default_rng(8), *xs).astype(dtype)
+    if case == "all_negative_padded":
+        x = -1 - np.abs(x)
+    if case == "nan":
+        x[0, 0, 1, 1] = x[1, 2, 4, 5] = x[1, 2, 5, 5] = np.nan
+    xo = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if layout == "channels_last" else x
+    with cnnlab.no_grad():
+        ours = F.max_pool2d(cnnlab.Tensor(xo), **kw)
+    assert ours._ctx is None and ours.dtype == dtype
+    np.testing.assert_array_equal(ours.data, TF.max_pool2d(torch.tensor(x), **kw).numpy())
+    if layout == "channels_last" and x.shape[1] > 1:
+        assert ours.data.strides[1] == ours.data.itemsize
+
 # ----- average pooling -----
 @pytest.mark.parametrize("padding", [0, 1], ids=["pad0", "pad1"])
 @pytest.mark.parametrize("count_include_pad", [True, False], ids=["incl", "excl"])

@@ -37,17 +37,6 @@ def windows(x: np.ndarray, kernel, stride, dilation=(1, 1), axes=(2, 3), writeab
     return as_strided(x, tuple(shape), tuple(strides), writeable=writeable)
 
 
-def tap(x: np.ndarray, i: int, j: int, out_hw, stride, dilation=(1, 1), axes=(2, 3)) -> np.ndarray:
-    """``windows(x, ...)[..., i, j]`` (tap (i, j) of every window, an output-sized view)
-    as a plain slice: a few times cheaper to make than the strided view of all windows,
-    which counts where a pooling layer runs on one image."""
-    ha, wa = axes
-    idx = [slice(None)] * x.ndim
-    idx[ha] = slice(i * dilation[0], i * dilation[0] + stride[0] * (out_hw[0] - 1) + 1, stride[0])
-    idx[wa] = slice(j * dilation[1], j * dilation[1] + stride[1] * (out_hw[1] - 1) + 1, stride[1])
-    return x[tuple(idx)]
-
-
 def add_windows(out: np.ndarray, dwin: np.ndarray, stride, dilation=(1, 1), axes=(2, 3)) -> np.ndarray:
     """Adjoint of :func:`windows`: ``out[window] += dwin[window]`` for every window,
     in place; ``dwin`` has the view's shape. Returns ``out``."""
