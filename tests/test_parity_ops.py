@@ -197,6 +197,37 @@ def test_linear(xs, bias, dtype):
     check_op("linear", F.linear, TF.linear, arrays, dtype)
 
 
+@pytest.mark.parametrize("xs", [(64, 4), (4,), (2, 30, 4)], ids=["2d", "1d", "3d"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_linear_fused_relu_matches_torch(xs, bias, dtype):
+    """relu=True: relu(linear(...)) as one op, values and gradients (each input's alone too)."""
+    rng = np.random.default_rng(13)
+    arrays = [rand(rng, *xs), rand(rng, 3, 4)] + ([rand(rng, 3)] if bias else [])
+    ours = lambda x, w, b=None: F.linear(x, w, b, relu=True)                 # noqa: E731
+    theirs = lambda x, w, b=None: torch.relu(TF.linear(x, w, b))             # noqa: E731
+    out, _ = check_op("linear relu=True", ours, theirs, arrays, dtype)
+    assert xs == (4,) or 0.1 < np.mean(out[0].data == 0) < 0.9
+    for i in range(len(arrays)):
+        check_op("linear relu=True", ours, theirs, arrays, dtype, requires_grad=[j == i for j in range(len(arrays))])
+
+
+def test_linear_fused_relu_gradient_is_the_separate_relus_even_for_inf_and_nan():
+    rng = np.random.default_rng(14)
+    x, w, b = (rand(rng, *s).astype(np.float32) for s in ((8, 5), (6, 5), (6,)))
+    results = []
+    for fused in (True, False):
+        ts = [cnnlab.Tensor(a, requires_grad=True) for a in (x, w, b)]
+        out = F.linear(*ts, relu=True) if fused else F.relu(F.linear(*ts))
+        g = np.ones(out.shape, np.float32)
+        g.reshape(-1)[::3] = np.inf
+        g.reshape(-1)[1::5] = np.nan
+        with np.errstate(invalid="ignore"):   # inf * 0 in the mask, as in the separate ReLU
+            out.backward(g)
+        results.append([out.data] + [t.grad for t in ts])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 # ----- activations -----
 def _activation_input(rng, *shape):
     """Normal values, kept away from 0 where the piecewise ops have a kink."""

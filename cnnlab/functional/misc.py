@@ -12,22 +12,27 @@ from ..autograd import Function, as_tensor
 
 class LinearFunction(Function):
     """y = x W^T + b over the last axis of x (any number of leading axes), as one op: one
-    tape entry instead of three (transpose, matmul, add), which matters for small nets."""
+    tape entry instead of three (transpose, matmul, add), which matters for small nets.
+    With ``relu=True``, relu(y) in the same op; its output is then kept for the mask."""
 
     @staticmethod
-    def forward(ctx, x, w, b):
+    def forward(ctx, x, w, b, *, relu=False):
         # the leading axes flattened into rows; products on cnnlab's threads (kernels.gemm)
         out = gemm.matmul(x, w.T) if x.ndim == 2 else \
             gemm.matmul(x.reshape(-1, x.shape[-1]), w.T).reshape(x.shape[:-1] + (w.shape[0],))
         if b is not None:
             out += b
-        ctx.save_for_backward(x, w)
+        if relu:
+            np.maximum(out, 0, out=out)
+        ctx.save_for_backward(x, w, out if relu else None)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, w = ctx.saved_tensors
+        x, w, relu_out = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
+        if relu_out is not None:   # the fused ReLU's gradient, exactly the separate ReLU's
+            g = g * (relu_out > 0)
         g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
         dx = gemm.matmul(g2, w).reshape(x.shape) if need_x else None
         # weight sharing over the leading axes: sum their outer products
@@ -36,8 +41,11 @@ class LinearFunction(Function):
         return dx, dw, db
 
 
-def linear(input, weight, bias=None):
-    """y = x W^T + b, with W of shape (out_features, in_features) (``torch.nn.functional.linear``)."""
+def linear(input, weight, bias=None, *, relu=False):
+    """y = x W^T + b, with W of shape (out_features, in_features) (``torch.nn.functional.linear``).
+
+    ``relu=True`` gives relu(y) as one op, the same values and gradients (``nn.Sequential``
+    asks for it for a ``Linear`` followed by a ``ReLU``)."""
     x, w = as_tensor(input, "linear", "input"), as_tensor(weight, "linear", "weight")
     if w.ndim != 2:
         raise InputError(f"linear: weight must be 2-D (out_features, in_features), got shape {w.shape}")
@@ -50,7 +58,7 @@ def linear(input, weight, bias=None):
     if x.dtype != w.dtype or (bias is not None and bias.dtype != w.dtype):
         raise InputError(f"linear: input dtype {x.dtype}, weight dtype {w.dtype}"
                          + ("" if bias is None else f" and bias dtype {bias.dtype}") + " differ")
-    return LinearFunction.apply(x, w, bias)
+    return LinearFunction.apply(x, w, bias, relu=bool(relu))
 
 
 class DropoutFunction(Function):

@@ -31,8 +31,10 @@ class Linear(Module):
             bound = 1 / math.sqrt(self.in_features)
             init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+    _fuses_relu = True   # Sequential calls forward(x, relu=True) for a Linear followed by a ReLU
+
+    def forward(self, x, *, relu: bool = False):
+        return F.linear(x, self.weight, self.bias, relu=relu)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -59,7 +61,7 @@ class Identity(Module):
 
 
 class ReLU(Module):
-    _is_relu = True   # a Conv2d or BatchNorm before it applies it fused (see Sequential)
+    _is_relu = True   # a Conv2d, BatchNorm or Linear before it applies it fused (see Sequential)
 
     def forward(self, x):
         return F.relu(x)
