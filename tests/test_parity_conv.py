@@ -63,8 +63,8 @@ GEOMETRY = {
                         "windows+gather, full im2col"])
 def layout(request, monkeypatch):
     """The automatic choices, then each im2col layout (forward and weight gradient) and
-    each stride-1 input-gradient method forced, stride 1 both by kernel rows (the
-    automatic choice for these small shapes) and by the full im2col (the gather as it
+    each stride-1 input-gradient method forced, stride 1 both by kernel rows (which the
+    automatic choice leaves to larger outputs than these) and by the full im2col (the gather as it
     runs without Numba; with Numba, col2im takes over there), so every kernel path is
     checked against PyTorch on every geometry whatever the choice rules pick for it; the
     taps' scatter-add both compiled (with Numba) and in NumPy, and few-channel products
@@ -80,6 +80,8 @@ def layout(request, monkeypatch):
         monkeypatch.setattr(conv, "_per_image", lambda *args: False)
     if request.param.endswith("full im2col"):
         monkeypatch.setattr(conv, "_by_rows", lambda *args: False)
+    elif request.param != "auto":
+        monkeypatch.setattr(conv, "ROW_PRODUCT_MIN_POSITIONS", 0)
     return request.param
 
 
@@ -110,8 +112,8 @@ def test_conv2d_fused_relu_matches_torch(case, bias, dtype, layout):
                  lambda x, w, b=None: torch.relu(TF.conv2d(x, w, b, **kw)), arrays, dtype, requires_grad=flags)
 
 
-@pytest.mark.parametrize("n,hw,filters", [(1, (7, 7), 6), (2, (64, 64), 6), (2, (60, 61), 6), (1, (70, 75), 7),
-                                          (2, (6, 6), 300)])
+@pytest.mark.parametrize("n,hw,filters", [(1, (7, 7), 6), (1, (28, 28), 6), (2, (64, 64), 6), (2, (60, 61), 6),
+                                          (1, (70, 75), 7), (2, (6, 6), 300)])
 def test_conv2d_bias_of_few_filters_matches_torch(n, hw, filters, dtype):
     """The bias of few filters is added to large outputs along rows of k*F values (k
     from 64 down to 1 as the positions allow); small outputs and 300 filters take the

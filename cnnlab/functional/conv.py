@@ -177,7 +177,7 @@ class Conv2dFunction(Function):
         hp, wp = h + top + bottom, wd + left + right
         ho, wo = out_size(hp, kh, stride[0], dilation[0]), out_size(wp, kw, stride[1], dilation[1])
         planes = _planes(kw, cg, wo)
-        by_rows = _by_rows(stride, g, kh, planes, ho * wo * f * kw * c)
+        by_rows = _by_rows(stride, g, kh, planes, ho * wo * f * kw * c, n * ho * wo)
         per_image = _per_image(planes, g, ho * wo * f * kh * kw * c)
         # the padded input, filled block by block below and kept for backward (a copy, never
         # the caller's memory, which could change before then): channels-last, or for the
@@ -333,8 +333,9 @@ def _add_bias(out, bias) -> None:
     repeated along rows of k*F values."""
     f = out.shape[-1]
     rows = out.size // max(f, 1)
-    # small outputs (batch-1 inference) are not worth the repeated bias's few microseconds
-    k = math.gcd(rows, 64) if bias.ndim == 1 and f < 256 and out.size >= 1 << 14 else 1
+    # small outputs (batch-1 inference) are not worth the repeated bias's few microseconds,
+    # except for very few filters (LeNet-5's first layer at batch 1, 4704 values: 3.9 -> 2.0 us)
+    k = math.gcd(rows, 64) if bias.ndim == 1 and f < 256 and out.size >= (1 << 12 if f < 16 else 1 << 14) else 1
     if k > 1:
         repeated = np.empty((k, f), out.dtype)
         repeated[...] = bias
@@ -366,14 +367,21 @@ def _gather_dx(c: int, f: int, groups: int) -> bool:
 ROW_PRODUCT_MNK = 1 << 20
 
 
-def _by_rows(stride, groups: int, kh: int, planes: bool, mnk: int = 0) -> bool:
+# below this many output positions in the whole batch, one product beats KH of them
+ROW_PRODUCT_MIN_POSITIONS = 256
+
+
+def _by_rows(stride, groups: int, kh: int, planes: bool, mnk: int, positions: int) -> bool:
     """Whether a convolution runs by rows of the kernel (:func:`_conv_by_rows`): for
     stride 1, one group, channels-last columns and kernels of more than one row, where one
     image's product per kernel row (``mnk`` = Ho*Wo * F * KW*C) is small enough for
     BLAS's unpacked kernels. Measured at 2 threads, forward + backward: ResNet-20's
     16/32/64-channel layers 20/19/6% faster; the MNIST CNN's 32->64 on 26x26 (3.5M)
-    2% slower, so it keeps the full im2col."""
-    return stride == (1, 1) and groups == 1 and kh > 1 and not planes and mnk <= ROW_PRODUCT_MNK
+    2% slower, so it keeps the full im2col. Tiny outputs (``positions`` = N*Ho*Wo, as
+    at batch 1) keep it too: KH products and adds of a hundred rows cost more calls than
+    they save (LeNet-5's second layer at batch 1: 47 against 38.5 us)."""
+    return (stride == (1, 1) and groups == 1 and kh > 1 and not planes and mnk <= ROW_PRODUCT_MNK
+            and positions >= ROW_PRODUCT_MIN_POSITIONS)
 
 
 def _row_cols(src, kw: int, dw: int, slot: int):
