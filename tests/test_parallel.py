@@ -37,7 +37,9 @@ def blocking(monkeypatch):
     def configure(threads, per_block=1, controllable=True):
         parallel.set_num_threads(threads)
         # a block target of one byte gives one image per block; larger values merge images
+        # (and no minimum of flops merges the tests' small images back into one block)
         monkeypatch.setattr(parallel, "TARGET_BLOCK_BYTES", per_block)
+        monkeypatch.setattr(parallel, "MIN_BLOCK_FLOPS", 0)
         monkeypatch.setattr(parallel, "MIN_SPLIT_ELEMENTS", 1)    # split even tiny elementwise passes
         # scratch memory comes back full of NaN: a kernel that reads before writing shows
         monkeypatch.setattr(parallel, "workspace", poisoned)
@@ -413,6 +415,19 @@ def test_blocks_cover_the_batch(blocking):
         assert bl[0][0] == 0 and bl[-1][1] == n
         assert all(a[1] == b[0] for a, b in zip(bl, bl[1:]))
         assert len(bl) >= min(n, 3)
+
+
+def test_blocks_hold_at_least_the_minimum_flops_but_one_block_per_thread(blocking):
+    blocking(2, per_block=3000)
+    parallel.MIN_BLOCK_FLOPS = 7000                    # the fixture restores it
+    item = 1000                                        # three items fill a block by bytes
+    assert [hi - lo for lo, hi in parallel.blocks(128, 1, item)][:2] == [3, 3]
+    flops = 1000                                       # but seven are needed by flops
+    assert [hi - lo for lo, hi in parallel.blocks(128, 1, item, flops)][:2] == [7, 7]
+    assert parallel.blocks(6, 1, item, flops) == [(0, 3), (3, 6)]   # still one block per thread
+    for n in (1, 2, 9, 128):
+        bl = parallel.blocks(n, 1, item, flops)
+        assert bl[0][0] == 0 and bl[-1][1] == n and all(a[1] == b[0] for a, b in zip(bl, bl[1:]))
 
 
 def test_workspace_is_reused_per_slot_and_large_arrays_are_not_kept():

@@ -211,7 +211,7 @@ class Conv2dFunction(Function):
             if relu:  # fused: the block is still in cache, a separate ReLU would stream it again
                 np.maximum(out_b, 0, out=out_b)
 
-        parallel.run(parallel.blocks(n, ho * wo, kh * kw * c * x.itemsize), block,
+        parallel.run(parallel.blocks(n, ho * wo, kh * kw * c * x.itemsize, 2 * ho * wo * kh * kw * cg * f), block,
                      flops=2 * n * ho * wo * kh * kw * cg * f)
         ctx.save_for_backward(xp, wmat, out if relu else None)
         ctx.meta = (x.shape, w.shape, None if b is None else b.ndim, stride, pads, dilation, groups, padding_mode,
@@ -314,7 +314,9 @@ class Conv2dFunction(Function):
         # per image: the largest column matrix a block builds (the weight gradient's, or the
         # gather's for stride 1)
         item_bytes = max(ho * wo * kh * kw * c, rows * cols_ * kh * kw * f if gather and need_dx else 0) * grad.itemsize
-        accs = parallel.run(parallel.blocks(n, 1, item_bytes), block, flops=4 * n * ho * wo * kh * kw * cg * f)
+        # blocks as large as forward's (by the forward product's flops, not backward's two)
+        accs = parallel.run(parallel.blocks(n, 1, item_bytes, 2 * ho * wo * kh * kw * cg * f), block,
+                            flops=4 * n * ho * wo * kh * kw * cg * f)
         dw = db = None
         if need_dw:
             dw = parallel.total(accs, "dw")                                           # G K Fg, K as cols orders it
