@@ -679,6 +679,37 @@ def test_batch_norm_fused_relu_gradient_is_the_separate_relus_even_for_inf_and_n
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("path", ["numpy", "numba"])
+def test_batch_norm_fused_relu_gradient_where_the_output_before_the_relu_is_exactly_zero(monkeypatch, path):
+    """Where x_hat * gamma + beta is exactly 0 (gamma and beta 0 in channel 0; in channel
+    1, values equal to their channel's mean), the ReLU's gradient is 0, as the separate
+    ReLU's: the compiled backward recomputes that output from x_hat, gamma and beta
+    rather than keep it, and must round exactly as the forward pass did."""
+    from cnnlab.functional import normalization
+    from cnnlab.kernels import jit
+    if path == "numba" and not jit.available():
+        pytest.skip("Numba is not installed (the fast extra)")
+    if path == "numpy":
+        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    x[:, 1, :2] = 0.0                                   # exactly the channel's mean, which is 0:
+    x[:, 1, 2], x[:, 1, 3], x[:, 1, 4] = 2.0, -2.0, [2.0, -2.0, 2.0, -2.0, 0.0]
+    x = _channels_last_of(x)
+    results = []
+    for fused in (True, False):
+        xt = cnnlab.Tensor(x, requires_grad=True)
+        w = cnnlab.Tensor(np.array([0.0, 1.5, -0.7], np.float32), requires_grad=True)
+        b = cnnlab.Tensor(np.array([0.0, 0.0, 0.1], np.float32), requires_grad=True)
+        out = (F.batch_norm(xt, None, None, w, b, training=True, relu=True) if fused
+               else F.relu(F.batch_norm(xt, None, None, w, b, training=True)))
+        out.backward(_channels_last_of(np.random.default_rng(10).standard_normal(out.shape).astype(np.float32)))
+        results.append((out.data, xt.grad, w.grad, b.grad))
+    assert (results[1][0][:, 0] == 0).all() and (results[1][0][:, 1, :2] == 0).all()
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_cnnlab_jit_0_switches_the_numba_kernels_off(monkeypatch):
     from cnnlab.kernels import jit
     monkeypatch.setenv("CNNLAB_JIT", "0")

@@ -77,17 +77,17 @@ class BatchNormFunction(Function):
 
         parallel.run(blocks, normalize, blas=False)
         ctx.save_for_backward(x_hat, inv_std, gamma, out if relu else None)
-        ctx.meta = (shape, count, training)
+        ctx.meta = (shape, count, training, None)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x_hat, inv_std, gamma, relu_out = ctx.saved_tensors
-        shape, count, training = ctx.meta
-        k = _jit_kernels(x_hat) if training else None
-        if k is not None:
+        x_hat, inv_std, gamma, relu_saved = ctx.saved_tensors
+        shape, count, training, k = ctx.meta
+        if k is not None:  # the compiled loops, as forward ran them (relu_saved: their gamma and beta)
             g = in_order(g, axis_order(x_hat))   # g laid out otherwise (or broadcast): one copy into x's
-            return _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_out)
+            return _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_saved)
+        relu_out = relu_saved                    # NumPy's forward kept the fused ReLU's output
         if relu_out is not None:  # the fused ReLU's gradient, as ops.ReLU computes it
             g = g * (relu_out > 0)
         total, dot = _channel_specs(g.ndim)
@@ -190,24 +190,27 @@ def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momen
         k.normalize(xr[r], mean, inv_std, gam, bet, hr[r], outr[r], relu)
 
     parallel.run(blocks, normalize, blas=False)
-    ctx.save_for_backward(x_hat, inv_std, gamma, out if relu else None)
-    ctx.meta = (shape, count, True)
+    # through a fused ReLU, backward recomputes where the output was positive from x_hat,
+    # gamma and beta (the same float operations as normalize): one array fewer to keep and
+    # to read back (ResNet-20's 16-channel layers: 8 MiB each)
+    ctx.save_for_backward(x_hat, inv_std, gamma, (gam.copy(), bet.copy()) if relu else None)
+    ctx.meta = (shape, count, True, k)
     return out
 
 
-def _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_out):
+def _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_affine):
     """Training backward in two passes: the sums of g and g * x_hat, then the input
-    gradient; through a fused ReLU (``relu_out``, its output), g counts only where that
-    output is positive."""
+    gradient; through a fused ReLU (``relu_affine``: the gamma and beta the forward pass
+    used), g counts only where the output x_hat * gamma + beta was positive."""
     dt = g.dtype
     per = count // g.shape[0]
     gr, hr = _rows(g), _rows(x_hat)
-    yr = None if relu_out is None else _rows(relu_out)
     blocks = parallel.split(g)
 
     def sums(lo, hi, acc):
         r = slice(lo * per, hi * per)
-        sg, sgx = k.grad_sums(gr[r], hr[r]) if yr is None else k.grad_sums_relu(gr[r], yr[r], hr[r])
+        sg, sgx = (k.grad_sums(gr[r], hr[r]) if relu_affine is None else
+                   k.grad_sums_relu(gr[r], hr[r], *relu_affine))
         parallel.add_to(acc, "g", sg)
         parallel.add_to(acc, "gx", sgx)
 
@@ -222,10 +225,10 @@ def _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_out):
 
         def input_grad(lo, hi, acc):
             r = slice(lo * per, hi * per)
-            if yr is None:
+            if relu_affine is None:
                 k.input_grad(gr[r], hr[r], scale, a, b, dr[r])
             else:
-                k.input_grad_relu(gr[r], yr[r], hr[r], scale, a, b, dr[r])
+                k.input_grad_relu(gr[r], hr[r], *relu_affine, scale, a, b, dr[r])
 
         parallel.run(blocks, input_grad, blas=False)
     return dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None

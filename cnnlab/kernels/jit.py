@@ -110,27 +110,28 @@ def _build():
                         out[i, j] = 0
 
     @jit
-    def grad_sums_relu(g, y, x_hat):
-        """grad_sums of g * (y > 0), as a separate ReLU's gradient: through a fused ReLU
-        whose output was y."""
+    def grad_sums_relu(g, x_hat, gamma, beta):
+        """grad_sums of g * (y > 0), a separate ReLU's gradient, through a ReLU fused into
+        batch norm: its output y = max(x_hat * gamma + beta, 0) is recomputed exactly as
+        ``normalize`` computed it, rather than read from memory."""
         c = g.shape[1]
         zero = np.zeros(1, g.dtype)[0]       # typed like g, so the arithmetic stays in g's precision
         sg = np.zeros(c, np.float64)
         sgx = np.zeros(c, np.float64)
         for i in range(g.shape[0]):
             for j in range(c):
-                gr = g[i, j] if y[i, j] > 0 else g[i, j] * zero
+                gr = g[i, j] if x_hat[i, j] * gamma[j] + beta[j] > 0 else g[i, j] * zero
                 sg[j] += gr
                 sgx[j] += gr * x_hat[i, j]
         return sg, sgx
 
     @jit
-    def input_grad_relu(g, y, x_hat, scale, a, b, out):
-        """input_grad of g * (y > 0): through a fused ReLU whose output was y."""
+    def input_grad_relu(g, x_hat, gamma, beta, scale, a, b, out):
+        """input_grad of g * (y > 0), through a ReLU fused into batch norm (as above)."""
         zero = np.zeros(1, g.dtype)[0]
         for i in range(g.shape[0]):
             for j in range(g.shape[1]):
-                gr = g[i, j] if y[i, j] > 0 else g[i, j] * zero
+                gr = g[i, j] if x_hat[i, j] * gamma[j] + beta[j] > 0 else g[i, j] * zero
                 out[i, j] = gr * scale[j] - x_hat[i, j] * a[j] - b[j]
 
     @jit
