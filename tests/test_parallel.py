@@ -425,6 +425,10 @@ def test_blocks_hold_at_least_the_minimum_flops_but_one_block_per_thread(blockin
     flops = 1000                                       # but seven are needed by flops
     assert [hi - lo for lo, hi in parallel.blocks(128, 1, item, flops)][:2] == [7, 7]
     assert parallel.blocks(6, 1, item, flops) == [(0, 3), (3, 6)]   # still one block per thread
+    for n, per in ((128, 7), (128, 3), (100, 7)):                  # block i runs on thread i mod 2
+        bl = parallel.blocks(n, 1, 1000, 7000 // per)
+        assert len(bl) % 2 == 0 and min(hi - lo for lo, hi in bl) >= per
+        assert [sum(hi - lo for lo, hi in bl[t::2]) for t in (0, 1)] == [n // 2, n // 2]
     for n in (1, 2, 9, 128):
         bl = parallel.blocks(n, 1, item, flops)
         assert bl[0][0] == 0 and bl[-1][1] == n and all(a[1] == b[0] for a, b in zip(bl, bl[1:]))

@@ -126,14 +126,19 @@ def blocks(n: int, rows_per_item: int, row_bytes: int, item_flops: int = 0) -> l
     """Split items 0..n into contiguous (lo, hi) blocks whose im2col matrices
     (rows_per_item rows of row_bytes each per item) are about TARGET_BLOCK_BYTES, but
     whose products (``item_flops`` per item) come to at least MIN_BLOCK_FLOPS, with at
-    least one block per thread where there are enough items."""
+    least one block per thread where there are enough items. Block i runs on thread
+    i mod T, so the count is a multiple of the thread count and the sizes differ by at
+    most one: every thread gets the same share (128 images in blocks of 7 left one thread
+    two images more than the other)."""
     if n <= 1 or not can_block():
         return [(0, n)]
+    threads = min(get_num_threads(), n)
     per_block = max(1, TARGET_BLOCK_BYTES // max(rows_per_item * row_bytes, 1))
     if item_flops > 0:
         per_block = max(per_block, -(-MIN_BLOCK_FLOPS // item_flops))
-    per_block = min(per_block, -(-n // min(get_num_threads(), n)))
-    return [(lo, min(lo + per_block, n)) for lo in range(0, n, per_block)]
+    count = n // min(per_block, -(-n // threads))
+    count = count - count % threads if count >= threads else threads
+    return [(n * i // count, n * (i + 1) // count) for i in range(count)]
 
 
 # memory-bound elementwise work smaller than this is not worth handing to threads
