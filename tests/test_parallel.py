@@ -621,9 +621,90 @@ def test_batch_norm_fused_relu_matches_torch(blocking, monkeypatch, path, mode, 
     assert 0.2 < np.mean(got == 0) < 0.8
 
 
+@pytest.mark.parametrize("path", ["numpy", "numba"])
+@pytest.mark.parametrize("mode", ["train", "eval", "eval, no grad"])
+@pytest.mark.parametrize("layout", ["channels-last", "NCHW", "residual NCHW"])
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "norelu"])
+def test_batch_norm_with_a_residual_matches_torch(blocking, monkeypatch, path, mode, layout, relu, dtype):
+    """batch_norm(residual=r, relu=...) against torch's relu(batch_norm(x) + r), values and
+    the gradients of x, gamma, beta and r, on every path; the residual laid out like x or
+    not (``residual NCHW``: x channels-last, r not)."""
+    from cnnlab.functional import normalization
+    from cnnlab.kernels import jit
+    if path == "numba" and not jit.available():
+        pytest.skip("Numba is not installed (the fast extra)")
+    if path == "numpy":
+        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    blocking(2)
+    rng = np.random.default_rng(15)
+    x, r = rng.standard_normal((5, 4, 3, 6)) * 2 + 0.5, rng.standard_normal((5, 4, 3, 6))
+    w, b = rng.standard_normal(4), 0.1 * rng.standard_normal(4)
+    rm, rv = rng.standard_normal(4) * 0.3, rng.random(4) + 0.5
+    training = mode == "train"
+    x_layout = (lambda t: t) if layout == "NCHW" else _ToChannelsLast.apply
+    r_layout = _ToChannelsLast.apply if layout == "channels-last" else (lambda t: t)
+
+    def ours(x, w, b, r):
+        return F.batch_norm(x_layout(x), rm.astype(dtype), rv.astype(dtype), w, b, training=training, relu=relu,
+                            residual=r_layout(r))
+
+    def theirs(x, w, b, r):
+        out = torch.nn.functional.batch_norm(x, torch.tensor(rm.astype(dtype)), torch.tensor(rv.astype(dtype)),
+                                             w, b, training=training) + r
+        return torch.relu(out) if relu else out
+
+    if mode == "eval, no grad":
+        with cnnlab.no_grad():
+            got = ours(*(cnnlab.Tensor(a.astype(dtype)) for a in (x, w, b, r))).data
+        want = theirs(*(torch.tensor(a.astype(dtype)) for a in (x, w, b, r))).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-10 if dtype == np.float64 else 1e-5, atol=1e-6)
+    else:
+        got = check_op("batch_norm residual (" + path + ")", ours, theirs, [x, w, b, r], dtype)[0][0].data
+        check_op("batch_norm residual (" + path + ")", ours, theirs, [x, w, b, r], dtype,
+                 requires_grad=[False, False, False, True])
+    if relu:
+        assert 0.2 < np.mean(got == 0) < 0.8
+
+
+@pytest.mark.parametrize("path", ["numpy", "numba"])
+def test_batch_norm_with_a_residual_is_bit_identical_to_the_sum_and_relu_even_for_inf_and_nan(monkeypatch, path):
+    from cnnlab.functional import normalization
+    from cnnlab.kernels import jit
+    if path == "numba" and not jit.available():
+        pytest.skip("Numba is not installed (the fast extra)")
+    if path == "numpy":
+        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    rng = np.random.default_rng(16)
+    x = _channels_last_of(rng.standard_normal((4, 3, 5, 5)).astype(np.float32))
+    r = _channels_last_of(rng.standard_normal((4, 3, 5, 5)).astype(np.float32))
+    results = []
+    for fused in (True, False):
+        # gamma and beta not 1 and 0, so a sum rounded in another order would show
+        ts = [cnnlab.Tensor(a, requires_grad=True) for a in (x, r, np.array([0.7, 1.3, -0.9], np.float32),
+                                                             np.array([0.31, -0.17, 0.05], np.float32))]
+        xt, rt, w, b = ts
+        out = (F.batch_norm(xt, None, None, w, b, training=True, relu=True, residual=rt) if fused
+               else F.relu(F.batch_norm(xt, None, None, w, b, training=True) + rt))
+        g = np.ones(out.shape, np.float32)
+        g.reshape(-1)[::3] = np.inf
+        g.reshape(-1)[1::5] = np.nan
+        with np.errstate(invalid="ignore"):
+            out.backward(_channels_last_of(g))
+        results.append([out.data] + [t.grad for t in ts])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_norm_residual_of_the_wrong_shape_is_refused():
+    x = cnnlab.Tensor(np.zeros((2, 3, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"batch_norm: residual must have the input's shape \(2, 3, 4, 4\)"):
+        F.batch_norm(x, None, None, training=True, residual=np.zeros((2, 3, 4, 5), np.float32))
+
+
 def test_batch_norm_relu_fused_in_sequential_and_residual_blocks_is_bit_identical(monkeypatch):
-    """nn.Sequential (BatchNorm2d then ReLU) and the residual blocks fuse; the values and
-    gradients are exactly those of the unfused layers."""
+    """nn.Sequential (BatchNorm2d then ReLU) and the residual blocks fuse, the blocks'
+    last batch norm with the residual sum too; the values and gradients are exactly those
+    of the unfused layers."""
     from cnnlab import nn
     from cnnlab.nn import module
     cnnlab.manual_seed(0)
@@ -648,7 +729,7 @@ def test_batch_norm_relu_fused_in_sequential_and_residual_blocks_is_bit_identica
         for net in nets:
             for p in net.parameters():
                 p.grad = None
-    assert sum(fused_calls) == 4   # Sequential 1, BasicBlock 1, Bottleneck 2
+    assert sum(fused_calls) == 6   # Sequential 1, BasicBlock 2, Bottleneck 3 (the last with the residual)
     for a, b in zip(results["fused"], results["unfused"]):
         np.testing.assert_array_equal(a, b)
 

@@ -32,18 +32,21 @@ class BatchNormFunction(Function):
     into one scale and shift (``_evaluate``)."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, *, running_mean, running_var, momentum, eps, training, grad=True, relu=False):
+    def forward(ctx, x, gamma, beta, residual, *, running_mean, running_var, momentum, eps, training, grad=True,
+                relu=False):
         total, dot = _channel_specs(x.ndim)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         count = x.size // x.shape[1]
         blocks = parallel.split(x)
+        if residual is not None:
+            residual = in_order(residual, axis_order(x))   # laid out as x (a copy only if it is not)
         if not training and not grad:
-            return _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks, relu)
+            return _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks, relu, residual)
         x_hat = np.empty_like(x)                     # keeps x's memory layout (channels-last after a conv)
         k = _jit_kernels(x) if training else None
         if k is not None:
             return _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momentum, eps, blocks,
-                                shape, count, relu)
+                                shape, count, relu, residual)
         if training:
             def channel_sums(lo, hi, acc):
                 parallel.add_to(acc, "s", np.einsum(total, x[lo:hi]))
@@ -72,24 +75,27 @@ class BatchNormFunction(Function):
                 out[lo:hi] = xh
             if beta is not None:
                 out[lo:hi] += beta.reshape(shape)
+            if residual is not None:
+                out[lo:hi] += residual[lo:hi]
             if relu:
                 np.maximum(out[lo:hi], 0, out=out[lo:hi])
 
         parallel.run(blocks, normalize, blas=False)
         ctx.save_for_backward(x_hat, inv_std, gamma, out if relu else None)
-        ctx.meta = (shape, count, training, None)
+        ctx.meta = (shape, count, training, None, residual is not None)
         return out
 
     @staticmethod
     def backward(ctx, g):
         x_hat, inv_std, gamma, relu_saved = ctx.saved_tensors
-        shape, count, training, k = ctx.meta
+        shape, count, training, k, has_residual = ctx.meta
+        if isinstance(relu_saved, np.ndarray):   # the fused ReLU's output: its gradient, as ops.ReLU computes it
+            g = _relu_grad(g, relu_saved)
+            relu_saved = None
         if k is not None:  # the compiled loops, as forward ran them (relu_saved: their gamma and beta)
             g = in_order(g, axis_order(x_hat))   # g laid out otherwise (or broadcast): one copy into x's
-            return _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_saved)
-        relu_out = relu_saved                    # NumPy's forward kept the fused ReLU's output
-        if relu_out is not None:  # the fused ReLU's gradient, as ops.ReLU computes it
-            g = g * (relu_out > 0)
+            return _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_saved) + (
+                g if has_residual and ctx.needs_input_grad[3] else None,)
         total, dot = _channel_specs(g.ndim)
         blocks = parallel.split(g)
 
@@ -114,10 +120,17 @@ class BatchNormFunction(Function):
                     d -= b
 
             parallel.run(blocks, input_grad, blas=False)
-        return dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None
+        return (dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None,
+                g if has_residual and ctx.needs_input_grad[3] else None)
 
 
-def _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks, relu=False):
+def _relu_grad(g, out):
+    """``g * (out > 0)``, ops.ReLU's gradient, over cnnlab's threads and in out's layout."""
+    g = in_order(g, axis_order(out))
+    return parallel.elementwise(lambda a, b, out: np.multiply(a, b > 0, out=out), g, out, out=np.empty_like(out))
+
+
+def _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks, relu=False, residual=None):
     """Evaluation with no gradient to follow (inference): the running statistics and the
     affine parameters folded into one scale and one shift per channel, as PyTorch folds
     them, so two passes over x instead of four, and no x_hat kept."""
@@ -131,6 +144,8 @@ def _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks, rel
     def affine(lo, hi, acc):
         np.multiply(x[lo:hi], scale, out=out[lo:hi])
         out[lo:hi] += shift
+        if residual is not None:
+            out[lo:hi] += residual[lo:hi]
         if relu:
             np.maximum(out[lo:hi], 0, out=out[lo:hi])
 
@@ -161,7 +176,7 @@ def _update_running(running_mean, running_var, mean, var, count, momentum):
 
 
 def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momentum, eps, blocks, shape, count,
-                 relu):
+                 relu, residual=None):
     """Training forward in three passes over x (sum, centred square sum, normalise), per
     block of the batch on cnnlab's threads; partial sums are added in thread order."""
     c, dt = x.shape[1], x.dtype
@@ -185,16 +200,23 @@ def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momen
     gam = np.ones(c, dt) if gamma is None else gamma
     bet = np.zeros(c, dt) if beta is None else beta
 
+    rr = None if residual is None else _rows(residual)
+
     def normalize(lo, hi, acc):
         r = slice(lo * per, hi * per)
-        k.normalize(xr[r], mean, inv_std, gam, bet, hr[r], outr[r], relu)
+        if rr is None:
+            k.normalize(xr[r], mean, inv_std, gam, bet, hr[r], outr[r], relu)
+        else:
+            k.normalize_add(xr[r], mean, inv_std, gam, bet, rr[r], hr[r], outr[r], relu)
 
     parallel.run(blocks, normalize, blas=False)
     # through a fused ReLU, backward recomputes where the output was positive from x_hat,
     # gamma and beta (the same float operations as normalize): one array fewer to keep and
-    # to read back (ResNet-20's 16-channel layers: 8 MiB each)
-    ctx.save_for_backward(x_hat, inv_std, gamma, (gam.copy(), bet.copy()) if relu else None)
-    ctx.meta = (shape, count, True, k)
+    # to read back (ResNet-20's 16-channel layers: 8 MiB each); with a residual added
+    # before the ReLU it cannot, and keeps the output
+    relu_saved = None if not relu else (out if residual is not None else (gam.copy(), bet.copy()))
+    ctx.save_for_backward(x_hat, inv_std, gamma, relu_saved)
+    ctx.meta = (shape, count, True, k, residual is not None)
     return out
 
 
@@ -235,7 +257,7 @@ def _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_affine):
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, relu=False):
+               momentum=0.1, eps=1e-5, *, relu=False, residual=None):
     """Batch normalisation over axis 1 of (N, C), (N, C, L) or (N, C, H, W) input
     (``torch.nn.functional.batch_norm``).
 
@@ -246,7 +268,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     In evaluation the running statistics normalise. ``relu=True`` applies ReLU to the
     output in the same pass (``nn.Sequential`` and the residual blocks do this for a
     batch norm followed by a ReLU), with exactly the values and gradients of
-    ``relu(batch_norm(...))``."""
+    ``relu(batch_norm(...))``. ``residual``, an array of the input's shape, is added to
+    the output in the same pass, before the ReLU: ``relu(batch_norm(...) + residual)``
+    exactly, as a residual block ends (the residual blocks ask for it)."""
     where = "batch_norm"
     x = as_tensor(input, "batch_norm", "input")
     if x.ndim < 2:
@@ -265,6 +289,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise InputError(f"{where}: expected more than 1 value per channel when training, got input of shape {x.shape}")
     if not training and (rm is None or rv is None):
         raise InputError(f"{where}: evaluation mode needs running_mean and running_var")
-    grad = is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    return BatchNormFunction.apply(x, weight, bias, running_mean=rm, running_var=rv, momentum=momentum, eps=eps,
-                                   training=training, grad=grad, relu=bool(relu))
+    if residual is not None:
+        residual = as_tensor(residual, where, "residual")
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise InputError(f"{where}: residual must have the input's shape {x.shape} and dtype {x.dtype}, "
+                             f"got {residual.shape} {residual.dtype}")
+    grad = is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual))
+    return BatchNormFunction.apply(x, weight, bias, residual, running_mean=rm, running_var=rv, momentum=momentum,
+                                   eps=eps, training=training, grad=grad, relu=bool(relu))

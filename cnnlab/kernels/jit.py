@@ -110,6 +110,20 @@ def _build():
                         out[i, j] = 0
 
     @jit
+    def normalize_add(x, mean, inv_std, gamma, beta, res, x_hat, out, relu):
+        """``normalize`` with a residual added before the ReLU: out = x_hat * gamma + beta
+        + res, rounded step by step as batch norm's output and then the sum would be."""
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                h = (x[i, j] - mean[j]) * inv_std[j]
+                x_hat[i, j] = h
+                out[i, j] = (h * gamma[j] + beta[j]) + res[i, j]
+            if relu:
+                for j in range(x.shape[1]):
+                    if out[i, j] < 0:
+                        out[i, j] = 0
+
+    @jit
     def grad_sums_relu(g, x_hat, gamma, beta):
         """grad_sums of g * (y > 0), a separate ReLU's gradient, through a ReLU fused into
         batch norm: its output y = max(x_hat * gamma + beta, 0) is recomputed exactly as
@@ -214,6 +228,7 @@ def _build():
                                 dxp[b, r, q, ch] += d[b, i, j, u, v, ch]
 
     return types.SimpleNamespace(col2im=col2im, channel_sums=channel_sums, centered_square_sums=centered_square_sums,
+                                 normalize_add=normalize_add,
                                  normalize=normalize, grad_sums=grad_sums, input_grad=input_grad,
                                  grad_sums_relu=grad_sums_relu, input_grad_relu=input_grad_relu,
                                  max_pool_forward=max_pool_forward, max_pool_backward=max_pool_backward)

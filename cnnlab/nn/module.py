@@ -275,6 +275,15 @@ def fused_relu(m, relu, x):
     return m(x, relu=True) if _fuses_relu(m, relu) else relu(m(x))
 
 
+def fused_add_relu(bn, relu, x, residual):
+    """``relu(bn(x) + residual)``, the end of a residual block, as one call
+    ``bn(x, relu=True, residual=residual)`` where :func:`_fuses_relu` allows: the sum and
+    the ReLU inside batch norm's last pass instead of two more passes over memory."""
+    if _fuses_relu(bn, relu):
+        return bn(x, relu=True, residual=residual)
+    return relu(bn(x) + residual)
+
+
 class Sequential(Module):
     """Modules applied one after another. Indexable, sliceable and iterable; its children
     are named "0", "1", ... as in PyTorch, so state_dict keys match.

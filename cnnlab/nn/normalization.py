@@ -40,7 +40,7 @@ class _BatchNorm(Module):
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
-    def forward(self, x, *, relu: bool = False):
+    def forward(self, x, *, relu: bool = False, residual=None):
         if x.ndim not in self._ranks:
             raise InputError(f"expected a {' or '.join(f'{r}-D' for r in self._ranks)} input, got shape {x.shape}")
         momentum = self.momentum
@@ -50,7 +50,7 @@ class _BatchNorm(Module):
         # without running statistics, batch statistics normalise in evaluation too
         use_batch_stats = self.training or not self.track_running_stats
         out = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                           use_batch_stats, momentum, self.eps, relu=relu)
+                           use_batch_stats, momentum, self.eps, relu=relu, residual=residual)
         if counting:  # only batches that were actually used
             self.num_batches_tracked.data += 1
         return out

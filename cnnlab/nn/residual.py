@@ -13,7 +13,7 @@ from ..ops import cat
 from ..autograd import Tensor
 from .conv import Conv2d
 from .layers import Identity, ReLU
-from .module import Module, Sequential, fused_relu
+from .module import Module, Sequential, fused_add_relu, fused_relu
 from .normalization import BatchNorm2d
 
 
@@ -77,8 +77,7 @@ class BasicBlock(Module):
 
     def forward(self, x):
         out = fused_relu(self.bn1, self.relu, self.conv1(x))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return fused_add_relu(self.bn2, self.relu, self.conv2(out), self.shortcut(x))
 
 
 class Bottleneck(Module):
@@ -101,5 +100,4 @@ class Bottleneck(Module):
     def forward(self, x):
         out = fused_relu(self.bn1, self.relu, self.conv1(x))
         out = fused_relu(self.bn2, self.relu, self.conv2(out))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + self.shortcut(x))
+        return fused_add_relu(self.bn3, self.relu, self.conv3(out), self.shortcut(x))
