@@ -331,13 +331,15 @@ class Index(Function):
 
     @staticmethod
     def forward(ctx, a, *, index):
-        ctx.args = (a.shape, a.dtype, index)
+        ctx.args = (a.shape, a.dtype, index, axis_order(a))
         return a[index]
 
     @staticmethod
     def backward(ctx, g):
-        shape, dtype, index = ctx.args
-        out = np.zeros(shape, dtype=dtype)
+        shape, dtype, index, order = ctx.args
+        # in the input's layout (channels-last after a convolution), as the gradient it
+        # will be added to (ResNet-20 step, with its subsampling shortcuts: 300 -> 295 ms)
+        out = empty_in_order(shape, order, dtype, zeros=True)
         if _is_basic_index(index):
             out[index] = g  # a view selects each element at most once: no need to add
         else:

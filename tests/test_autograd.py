@@ -316,6 +316,24 @@ def test_indexing(check_op, dtype, name):
              [randn(20, 4, 5, 6)], dtype)
 
 
+@pytest.mark.parametrize("name", ["strided slices", "int array repeats", "bool mask first axis"])
+def test_indexing_gradient_keeps_a_channels_last_input_layout(name):
+    """The gradient of x[index] lies in memory like x (channels-last after a convolution),
+    as the gradients it is added to do; its values are those of the NCHW case."""
+    index = {"strided slices": (slice(None), slice(None), slice(None, None, 2), slice(None, None, 2)),
+             "int array repeats": np.array([0, 2, 0, 0, 3]),
+             "bool mask first axis": np.array([True, False, True, True, False])}[name]
+    x = np.random.default_rng(24).standard_normal((5, 3, 4, 6))
+    grads = []
+    for data in (x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
+        t = Tensor(data, requires_grad=True)
+        y = t[index]
+        y.backward(np.arange(y.data.size, dtype=np.float64).reshape(y.shape))
+        grads.append(t.grad)
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert grads[1].strides[1] == grads[1].itemsize        # channels-last, as its input
+
+
 def test_indexing_repeats_accumulate_exactly():
     x = Tensor(np.zeros(4), requires_grad=True)
     x[np.array([0, 2, 0, 0])].backward(np.array([1.0, 10.0, 100.0, 1000.0]))
