@@ -37,7 +37,7 @@ class Settings:
     cold_runs: int         # fresh processes per command for the cold start
 
 
-QUICK = Settings(blocks=3, warmup=1, target_s=0.1, epoch_fraction=0.1, epoch_chunks=4, memory_runs=1, cold_runs=3)
+QUICK = Settings(blocks=3, warmup=2, target_s=0.1, epoch_fraction=0.1, epoch_chunks=4, memory_runs=1, cold_runs=3)
 FULL = Settings(blocks=7, warmup=2, target_s=0.4, epoch_fraction=1.0, epoch_chunks=10, memory_runs=3, cold_runs=5)
 
 # (label, zoo name, input shape) of the models the rows use
