@@ -77,7 +77,8 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
 class Context:
     """What a Function's forward leaves for its backward.
 
-    Arrays go through ``save_for_backward`` and come back as ``saved_tensors``; small
+    Arrays (or small tuples of them) go through ``save_for_backward`` and come back as
+    ``saved_tensors``; small
     settings (shapes, strides) may be stored as attributes. ``needs_input_grad`` tells
     backward which gradients are wanted, so it can skip the others."""
 

@@ -327,7 +327,7 @@ def test_max_pool2d_against_loops(xs, kernel, stride, padding, dilation, ceil_mo
     want, want_idx, want_dx = naive_max_pool(x, kernel, stride, padding, dilation, ceil_mode, dout)
     close(out.data, want)
     np.testing.assert_array_equal(idx.data, want_idx)
-    with cnnlab.no_grad():  # inference takes the maxima alone, tap by tap
+    with cnnlab.no_grad():  # inference takes the maxima alone, rows then columns
         close(F.max_pool2d(xt, kernel, stride, padding, dilation, ceil_mode).data, want)
     out.backward(dout)
     close(xt.grad, want_dx)

@@ -40,6 +40,8 @@ def blocking(monkeypatch):
         # (and no minimum of flops merges the tests' small images back into one block)
         monkeypatch.setattr(parallel, "TARGET_BLOCK_BYTES", per_block)
         monkeypatch.setattr(parallel, "MIN_BLOCK_FLOPS", 0)
+        # and the tests' small outputs still run by kernel rows where the geometry allows
+        monkeypatch.setattr(cnnlab.functional.conv, "ROW_PRODUCT_MIN_POSITIONS", 0)
         monkeypatch.setattr(parallel, "MIN_SPLIT_ELEMENTS", 1)    # split even tiny elementwise passes
         # scratch memory comes back full of NaN: a kernel that reads before writing shows
         monkeypatch.setattr(parallel, "workspace", poisoned)
@@ -664,6 +666,42 @@ def test_batch_norm_with_a_residual_matches_torch(blocking, monkeypatch, path, m
                  requires_grad=[False, False, False, True])
     if relu:
         assert 0.2 < np.mean(got == 0) < 0.8
+
+
+@pytest.mark.parametrize("affine", ["float32", "float64", "zero"])
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "plain"])
+@pytest.mark.parametrize("path", ["numpy", "numba"])
+def test_batch_norm_fused_relu_is_bit_identical_to_the_separate_layers(monkeypatch, path, residual, affine):
+    """relu(batch_norm(x) [+ r]) fused and separate, bit for bit, signs of zero included:
+    gamma and beta in x's dtype, in float64 (which batch_norm accepts: both paths round
+    as float32 arithmetic would), and gamma = 0 with beta = -0.0 (outputs of -0.0 before
+    the ReLU, which np.maximum turns into +0.0)."""
+    from cnnlab.functional import normalization
+    from cnnlab.kernels import jit
+    if path == "numba" and not jit.available():
+        pytest.skip("Numba is not installed (the fast extra)")
+    if path == "numpy":
+        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    rng = np.random.default_rng(17)
+    x = _channels_last_of(rng.standard_normal((4, 3, 5, 5)).astype(np.float32))
+    r = _channels_last_of(rng.standard_normal((4, 3, 5, 5)).astype(np.float32) * (affine != "zero"))
+    w, b = {"float32": (np.array([0.7, 1.3, -0.9], np.float32), np.array([0.31, -0.17, 0.05], np.float32)),
+            "float64": (np.array([0.7, 1.3, -0.9]), np.array([0.31, -0.17, 0.05])),
+            "zero": (np.zeros(3, np.float32), np.full(3, -0.0, np.float32))}[affine]
+    g = _channels_last_of(rng.standard_normal(x.shape).astype(np.float32))
+    results = []
+    for fused in (True, False):
+        xt, wt, bt = (cnnlab.Tensor(a, requires_grad=True) for a in (x, w, b))
+        rt = cnnlab.Tensor(r, requires_grad=True) if residual else None
+        if fused:
+            out = F.batch_norm(xt, None, None, wt, bt, training=True, relu=True, residual=rt)
+        else:
+            out = F.batch_norm(xt, None, None, wt, bt, training=True)
+            out = F.relu(out + rt if residual else out)
+        out.backward(g)
+        results.append([out.data, np.signbit(out.data)] + [t.grad for t in (xt, wt, bt, rt) if t is not None])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("path", ["numpy", "numba"])

@@ -254,7 +254,7 @@ class Conv2dFunction(Function):
             gb = grad[lo:hi].transpose(0, 2, 3, 1)                                    # nb Ho Wo F
             if relu_out is not None:  # the fused ReLU's gradient: zero where it output 0
                 gb = np.multiply(gb, relu_out[lo:hi] > 0, out=parallel.workspace(1, (nb, ho, wo, f), grad.dtype))
-            if need_dw or need_db or not gather:
+            if need_db or (need_dw and not shared) or not gather:
                 gm = gb                     # the gradient usually arrives channels-last already
                 if not gm.flags.c_contiguous:
                     gm = parallel.workspace(1, (nb, ho, wo, f), grad.dtype)

@@ -197,14 +197,16 @@ def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momen
     var = (parallel.total(parallel.run(blocks, squares, blas=False), "s") / count).astype(dt)
     _update_running(running_mean, running_var, mean, var, count, momentum)
     inv_std = (1 / np.sqrt(var + dt.type(eps))).astype(dt, copy=False)
-    gam = np.ones(c, dt) if gamma is None else gamma
-    bet = np.zeros(c, dt) if beta is None else beta
+    # in x's precision, as the NumPy passes round (a float64 gamma with float32 x would
+    # otherwise leave products unrounded that the separate layers round)
+    gam = np.ones(c, dt) if gamma is None else gamma.astype(dt, copy=False)
+    bet = np.zeros(c, dt) if beta is None else beta.astype(dt, copy=False)
 
-    rr = None if residual is None else _rows(residual)
+    rr = None if residual is None else _rows(residual)   # laid out as x by forward, so never None
 
     def normalize(lo, hi, acc):
         r = slice(lo * per, hi * per)
-        if rr is None:
+        if residual is None:
             k.normalize(xr[r], mean, inv_std, gam, bet, hr[r], outr[r], relu)
         else:
             k.normalize_add(xr[r], mean, inv_std, gam, bet, rr[r], hr[r], outr[r], relu)

@@ -73,12 +73,12 @@ class MaxPool2dFunction(Function):
     """Max over each window; the gradient goes to the first maximum of each window
     (as in PyTorch), accumulating where windows overlap.
 
-    Both passes loop over the KH*KW window taps, each a strided view of the input the
-    size of the output, instead of copying every window out (im2col) and arg-maxing it:
-    KH*KW vectorised passes over output-sized arrays, no copy of the windows, and the
-    input's memory layout (channels-last after a convolution) carries through. The
-    arg-max (a byte per output) is only tracked when a gradient will be needed
-    (``with_arg``), so inference takes maxima alone."""
+    With a gradient to follow, both passes loop over the KH*KW window taps (or run
+    compiled loops), each tap a strided view of the input the size of the output, instead
+    of copying every window out (im2col) and arg-maxing it: no copy of the windows, and
+    the input's memory layout (channels-last after a convolution) carries through. The
+    arg-max (a byte per output) is only tracked then (``with_arg``); inference takes the
+    maxima alone, down the windows' rows and then across (:func:`_separable_max`)."""
 
     @staticmethod
     def forward(ctx, x, *, kernel, stride, dilation, pads, with_arg):

@@ -106,7 +106,7 @@ def _build():
                 out[i, j] = h * gamma[j] + beta[j]
             if relu:
                 for j in range(x.shape[1]):
-                    if out[i, j] < 0:      # NaN stays NaN, as in np.maximum
+                    if out[i, j] <= 0:     # -0.0 too, as np.maximum(-0.0, 0) gives +0.0; NaN stays NaN
                         out[i, j] = 0
 
     @jit
@@ -120,7 +120,7 @@ def _build():
                 out[i, j] = (h * gamma[j] + beta[j]) + res[i, j]
             if relu:
                 for j in range(x.shape[1]):
-                    if out[i, j] < 0:
+                    if out[i, j] <= 0:
                         out[i, j] = 0
 
     @jit

@@ -127,9 +127,9 @@ def blocks(n: int, rows_per_item: int, row_bytes: int, item_flops: int = 0) -> l
     (rows_per_item rows of row_bytes each per item) are about TARGET_BLOCK_BYTES, but
     whose products (``item_flops`` per item) come to at least MIN_BLOCK_FLOPS, with at
     least one block per thread where there are enough items. Block i runs on thread
-    i mod T, so the count is a multiple of the thread count and the sizes differ by at
-    most one: every thread gets the same share (128 images in blocks of 7 left one thread
-    two images more than the other)."""
+    i mod T, so the count is rounded down to a multiple of the thread count (a block may
+    then hold up to twice the target) and the sizes differ by at most one: every thread
+    gets the same share (128 images in blocks of 7 left one thread two images more)."""
     if n <= 1 or not can_block():
         return [(0, n)]
     threads = min(get_num_threads(), n)

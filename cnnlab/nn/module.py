@@ -278,8 +278,9 @@ def fused_relu(m, relu, x):
 def fused_add_relu(bn, relu, x, residual):
     """``relu(bn(x) + residual)``, the end of a residual block, as one call
     ``bn(x, relu=True, residual=residual)`` where :func:`_fuses_relu` allows: the sum and
-    the ReLU inside batch norm's last pass instead of two more passes over memory."""
-    if _fuses_relu(bn, relu):
+    the ReLU inside batch norm's last pass instead of two more passes over memory (for a
+    batch norm class that says it takes a residual, ``_takes_residual``)."""
+    if _fuses_relu(bn, relu) and type(bn).__dict__.get("_takes_residual", False):
         return bn(x, relu=True, residual=residual)
     return relu(bn(x) + residual)
 

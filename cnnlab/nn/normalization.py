@@ -64,9 +64,11 @@ class BatchNorm1d(_BatchNorm):
     """Batch normalisation of (N, C) or (N, C, L) input."""
     _ranks = (2, 3)
     _fuses_relu = True   # Sequential calls forward(x, relu=True) for a BatchNorm followed by a ReLU
+    _takes_residual = True   # and the residual blocks forward(x, relu=True, residual=shortcut)
 
 
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation of (N, C, H, W) input, per channel over N, H and W."""
     _ranks = (4,)
     _fuses_relu = True
+    _takes_residual = True
