@@ -584,6 +584,16 @@ def test_batch_norm_channels_last_kernels_match_torch(blocking, monkeypatch, pat
     assert len(calls) == (path == "numba")
 
 
+def _batch_norm_path(monkeypatch, path: str) -> None:
+    """Batch norm's "numba" loops (skipped where Numba is not installed) or its "numpy" passes."""
+    from cnnlab.functional import normalization
+    from cnnlab.kernels import jit
+    if path == "numba" and not jit.available():
+        pytest.skip("Numba is not installed (the fast extra)")
+    if path == "numpy":
+        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+
+
 @pytest.mark.parametrize("path", ["numpy", "numba"])
 @pytest.mark.parametrize("mode", ["train", "eval", "eval, no grad"])
 @pytest.mark.parametrize("layout", ["channels-last", "NCHW", "(N, C)"])
@@ -591,12 +601,7 @@ def test_batch_norm_fused_relu_matches_torch(blocking, monkeypatch, path, mode, 
     """batch_norm(relu=True) against torch's relu(batch_norm) on every path: the Numba
     loops (training, channels-last), the NumPy passes, and evaluation folded into one
     scale and shift; about half the outputs are cut to 0 (beta near 0)."""
-    from cnnlab.functional import normalization
-    from cnnlab.kernels import jit
-    if path == "numba" and not jit.available():
-        pytest.skip("Numba is not installed (the fast extra)")
-    if path == "numpy":
-        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    _batch_norm_path(monkeypatch, path)
     blocking(2)
     rng = np.random.default_rng(5)
     shape = (6, 4) if layout == "(N, C)" else (5, 4, 3, 6)
@@ -631,12 +636,7 @@ def test_batch_norm_with_a_residual_matches_torch(blocking, monkeypatch, path, m
     """batch_norm(residual=r, relu=...) against torch's relu(batch_norm(x) + r), values and
     the gradients of x, gamma, beta and r, on every path; the residual laid out like x or
     not (``residual NCHW``: x channels-last, r not)."""
-    from cnnlab.functional import normalization
-    from cnnlab.kernels import jit
-    if path == "numba" and not jit.available():
-        pytest.skip("Numba is not installed (the fast extra)")
-    if path == "numpy":
-        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    _batch_norm_path(monkeypatch, path)
     blocking(2)
     rng = np.random.default_rng(15)
     x, r = rng.standard_normal((5, 4, 3, 6)) * 2 + 0.5, rng.standard_normal((5, 4, 3, 6))
@@ -676,12 +676,7 @@ def test_batch_norm_fused_relu_is_bit_identical_to_the_separate_layers(monkeypat
     gamma and beta in x's dtype, in float64 (which batch_norm accepts: both paths round
     as float32 arithmetic would), and gamma = 0 with beta = -0.0 (outputs of -0.0 before
     the ReLU, which np.maximum turns into +0.0)."""
-    from cnnlab.functional import normalization
-    from cnnlab.kernels import jit
-    if path == "numba" and not jit.available():
-        pytest.skip("Numba is not installed (the fast extra)")
-    if path == "numpy":
-        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    _batch_norm_path(monkeypatch, path)
     rng = np.random.default_rng(17)
     x = _channels_last_of(rng.standard_normal((4, 3, 5, 5)).astype(np.float32))
     r = _channels_last_of(rng.standard_normal((4, 3, 5, 5)).astype(np.float32) * (affine != "zero"))
@@ -706,12 +701,7 @@ def test_batch_norm_fused_relu_is_bit_identical_to_the_separate_layers(monkeypat
 
 @pytest.mark.parametrize("path", ["numpy", "numba"])
 def test_batch_norm_with_a_residual_is_bit_identical_to_the_sum_and_relu_even_for_inf_and_nan(monkeypatch, path):
-    from cnnlab.functional import normalization
-    from cnnlab.kernels import jit
-    if path == "numba" and not jit.available():
-        pytest.skip("Numba is not installed (the fast extra)")
-    if path == "numpy":
-        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    _batch_norm_path(monkeypatch, path)
     rng = np.random.default_rng(16)
     x = _channels_last_of(rng.standard_normal((4, 3, 5, 5)).astype(np.float32))
     r = _channels_last_of(rng.standard_normal((4, 3, 5, 5)).astype(np.float32))
@@ -775,12 +765,7 @@ def test_batch_norm_relu_fused_in_sequential_and_residual_blocks_is_bit_identica
 @pytest.mark.parametrize("path", ["numpy", "numba"])
 @pytest.mark.parametrize("where", ["cut", "kept"])
 def test_batch_norm_fused_relu_gradient_is_the_separate_relus_even_for_inf_and_nan(monkeypatch, path, where):
-    from cnnlab.functional import normalization
-    from cnnlab.kernels import jit
-    if path == "numba" and not jit.available():
-        pytest.skip("Numba is not installed (the fast extra)")
-    if path == "numpy":
-        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    _batch_norm_path(monkeypatch, path)
     x = _channels_last_of(np.random.default_rng(8).standard_normal((4, 3, 5, 5)).astype(np.float32))
     results = []
     for fused in (True, False):
@@ -808,12 +793,7 @@ def test_batch_norm_fused_relu_gradient_where_the_output_before_the_relu_is_exac
     1, values equal to their channel's mean), the ReLU's gradient is 0, as the separate
     ReLU's: the compiled backward recomputes that output from x_hat, gamma and beta
     rather than keep it, and must round exactly as the forward pass did."""
-    from cnnlab.functional import normalization
-    from cnnlab.kernels import jit
-    if path == "numba" and not jit.available():
-        pytest.skip("Numba is not installed (the fast extra)")
-    if path == "numpy":
-        monkeypatch.setattr(normalization, "_jit_kernels", lambda x: None)
+    _batch_norm_path(monkeypatch, path)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
     x[:, 1, :2] = 0.0                                   # exactly the channel's mean, which is 0:
