@@ -78,9 +78,9 @@ class Context:
     """What a Function's forward leaves for its backward.
 
     Arrays (or small tuples of them) go through ``save_for_backward`` and come back as
-    ``saved_tensors``; small
-    settings (shapes, strides) may be stored as attributes. ``needs_input_grad`` tells
-    backward which gradients are wanted, so it can skip the others."""
+    ``saved_tensors``; small settings (shapes, strides) may be stored as attributes.
+    ``needs_input_grad`` tells backward which gradients are wanted, so it can skip the
+    others."""
 
     def __init__(self):
         self.saved_tensors = ()

@@ -16,6 +16,7 @@ class Linear(Module):
 
     Attributes: weight (out_features, in_features) and bias (out_features,), both
     initialised U(-1/sqrt(in_features), 1/sqrt(in_features)) as in PyTorch."""
+    _fuses_relu = True   # Sequential calls forward(x, relu=True) for a Linear followed by a ReLU
 
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32):
         where = type(self).__name__
@@ -30,8 +31,6 @@ class Linear(Module):
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_features)
             init.uniform_(self.bias, -bound, bound)
-
-    _fuses_relu = True   # Sequential calls forward(x, relu=True) for a Linear followed by a ReLU
 
     def forward(self, x, *, relu: bool = False):
         return F.linear(x, self.weight, self.bias, relu=relu)

@@ -289,10 +289,11 @@ class Sequential(Module):
     """Modules applied one after another. Indexable, sliceable and iterable; its children
     are named "0", "1", ... as in PyTorch, so state_dict keys match.
 
-    A ``Conv2d``, ``BatchNorm`` or ``Linear`` followed by a ``ReLU`` runs as one fused call (the ReLU
-    applied while the layer's output is still in cache, its gradient mask inside the
-    layer's backward): the same values and gradients, one pass over memory fewer each
-    way. Not while calls are observed (:func:`observe_calls`), nor for subclasses."""
+    A ``Conv2d``, ``BatchNorm`` or ``Linear`` followed by a ``ReLU`` runs as one fused
+    call, the ReLU inside the layer's op (for convolutions and batch norm while each block
+    of output is still in cache, its gradient mask inside the layer's backward): the same
+    values and gradients, with fewer passes over memory and one op call fewer. Not while
+    calls are observed (:func:`observe_calls`), nor for subclasses."""
 
     def __init__(self, *modules):
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
