@@ -143,13 +143,19 @@ class ReLU(Function):
     @staticmethod
     def backward(ctx, g):
         (out,) = ctx.saved_tensors
-        blocks = parallel.split(g)
-        if len(blocks) == 1:
-            return (g * (out > 0),)
-        dx = np.empty_like(g)
-        parallel.run(blocks, lambda lo, hi, acc: np.multiply(g[lo:hi], out[lo:hi] > 0, out=dx[lo:hi]),
-                     blas=False)
-        return (dx,)
+        return (relu_grad(g, out),)
+
+
+def relu_grad(g, out):
+    """``g * (out > 0)``: the gradient of a ReLU whose output was ``out``, also where the
+    ReLU is fused into another op (a linear layer, batch norm). Large arrays are split over
+    cnnlab's threads."""
+    blocks = parallel.split(g)
+    if len(blocks) == 1:
+        return g * (out > 0)
+    dx = np.empty_like(g)
+    parallel.run(blocks, lambda lo, hi, acc: np.multiply(g[lo:hi], out[lo:hi] > 0, out=dx[lo:hi]), blas=False)
+    return dx
 
 
 class Tanh(Function):

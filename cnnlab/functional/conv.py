@@ -292,11 +292,9 @@ class Conv2dFunction(Function):
                         parallel.add_to(acc, "dw", _weight_grad_from_gather(
                             xb.reshape(nb, h * wd, c), gcols, (kh, kw), dilation))
                     return
-                if by_rows:
-                    dxb = dx[lo:hi] if padding_mode == "zeros" else np.empty((nb, hp, wp, c), grad.dtype)
+                if by_rows:  # (zero padding went the shared way above) the padded input's gradient
+                    dxb = np.empty((nb, hp, wp, c), grad.dtype)
                     _conv_by_rows(gp, wflip[0], (kh, kw), dilation, dxb)
-                    if padding_mode == "zeros":
-                        return
                     dx[lo:hi] = pad2d_backward(dxb, (nb, h, wd, c), pads, padding_mode, axes=(1, 2))
                     return
                 gcols = _im2col(gp, (kh, kw), (1, 1), dilation, g, slot=0)          # G M' KH*KW*Fg

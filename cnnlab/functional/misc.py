@@ -8,6 +8,7 @@ from ..kernels import gemm, pad2d, pad2d_backward
 from ..kernels.padding import MODES as PADDING_MODES
 from ..random import generator
 from ..autograd import Function, as_tensor
+from ..ops import relu_grad
 
 
 class LinearFunction(Function):
@@ -32,7 +33,7 @@ class LinearFunction(Function):
         x, w, relu_out = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         if relu_out is not None:   # the fused ReLU's gradient, exactly the separate ReLU's
-            g = g * (relu_out > 0)
+            g = relu_grad(g, relu_out)
         g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
         dx = gemm.matmul(g2, w).reshape(x.shape) if need_x else None
         # weight sharing over the leading axes: sum their outer products

@@ -5,6 +5,7 @@ import numpy as np
 
 from .._errors import InputError
 from ..autograd import Function, as_tensor, is_grad_enabled
+from ..ops import relu_grad
 from ..kernels import jit, parallel
 from ..kernels.padding import axis_order, in_order
 
@@ -89,8 +90,8 @@ class BatchNormFunction(Function):
     def backward(ctx, g):
         x_hat, inv_std, gamma, relu_saved = ctx.saved_tensors
         shape, count, training, k, has_residual = ctx.meta
-        if isinstance(relu_saved, np.ndarray):   # the fused ReLU's output: its gradient, as ops.ReLU computes it
-            g = _relu_grad(g, relu_saved)
+        if isinstance(relu_saved, np.ndarray):   # the fused ReLU's output: its gradient, in x's layout
+            g = relu_grad(in_order(g, axis_order(relu_saved)), relu_saved)
             relu_saved = None
         if k is not None:  # the compiled loops, as forward ran them (relu_saved: their gamma and beta)
             g = in_order(g, axis_order(x_hat))   # g laid out otherwise (or broadcast): one copy into x's
@@ -122,12 +123,6 @@ class BatchNormFunction(Function):
             parallel.run(blocks, input_grad, blas=False)
         return (dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None,
                 g if has_residual and ctx.needs_input_grad[3] else None)
-
-
-def _relu_grad(g, out):
-    """``g * (out > 0)``, ops.ReLU's gradient, over cnnlab's threads and in out's layout."""
-    g = in_order(g, axis_order(out))
-    return parallel.elementwise(lambda a, b, out: np.multiply(a, b > 0, out=out), g, out, out=np.empty_like(out))
 
 
 def _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks, relu=False, residual=None):
@@ -206,10 +201,7 @@ def _forward_jit(ctx, k, x, x_hat, gamma, beta, running_mean, running_var, momen
 
     def normalize(lo, hi, acc):
         r = slice(lo * per, hi * per)
-        if residual is None:
-            k.normalize(xr[r], mean, inv_std, gam, bet, hr[r], outr[r], relu)
-        else:
-            k.normalize_add(xr[r], mean, inv_std, gam, bet, rr[r], hr[r], outr[r], relu)
+        k.normalize(xr[r], mean, inv_std, gam, bet, None if residual is None else rr[r], hr[r], outr[r], relu)
 
     parallel.run(blocks, normalize, blas=False)
     # through a fused ReLU, backward recomputes where the output was positive from x_hat,

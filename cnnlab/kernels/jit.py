@@ -96,31 +96,22 @@ def _build():
         return s
 
     @jit
-    def normalize(x, mean, inv_std, gamma, beta, x_hat, out, relu):
-        """x_hat = (x - mean) * inv_std; out = x_hat * gamma + beta, then max(out, 0) if
-        ``relu`` (one pass)."""
+    def normalize(x, mean, inv_std, gamma, beta, res, x_hat, out, relu):
+        """x_hat = (x - mean) * inv_std; out = x_hat * gamma + beta, plus the residual
+        ``res`` unless it is None (rounded step by step, as batch norm's output and then
+        the sum would be), then max(out, 0) if ``relu`` (one pass). Numba compiles the
+        None case apart, without the branch."""
         for i in range(x.shape[0]):
             for j in range(x.shape[1]):
                 h = (x[i, j] - mean[j]) * inv_std[j]
                 x_hat[i, j] = h
-                out[i, j] = h * gamma[j] + beta[j]
+                o = h * gamma[j] + beta[j]
+                if res is not None:
+                    o = o + res[i, j]
+                out[i, j] = o
             if relu:
                 for j in range(x.shape[1]):
                     if out[i, j] <= 0:     # -0.0 too, as np.maximum(-0.0, 0) gives +0.0; NaN stays NaN
-                        out[i, j] = 0
-
-    @jit
-    def normalize_add(x, mean, inv_std, gamma, beta, res, x_hat, out, relu):
-        """``normalize`` with a residual added before the ReLU: out = x_hat * gamma + beta
-        + res, rounded step by step as batch norm's output and then the sum would be."""
-        for i in range(x.shape[0]):
-            for j in range(x.shape[1]):
-                h = (x[i, j] - mean[j]) * inv_std[j]
-                x_hat[i, j] = h
-                out[i, j] = (h * gamma[j] + beta[j]) + res[i, j]
-            if relu:
-                for j in range(x.shape[1]):
-                    if out[i, j] <= 0:
                         out[i, j] = 0
 
     @jit
@@ -228,7 +219,6 @@ def _build():
                                 dxp[b, r, q, ch] += d[b, i, j, u, v, ch]
 
     return types.SimpleNamespace(col2im=col2im, channel_sums=channel_sums, centered_square_sums=centered_square_sums,
-                                 normalize_add=normalize_add,
                                  normalize=normalize, grad_sums=grad_sums, input_grad=input_grad,
                                  grad_sums_relu=grad_sums_relu, input_grad_relu=input_grad_relu,
                                  max_pool_forward=max_pool_forward, max_pool_backward=max_pool_backward)
