@@ -225,8 +225,7 @@ def _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_affine):
 
     def sums(lo, hi, acc):
         r = slice(lo * per, hi * per)
-        sg, sgx = (k.grad_sums(gr[r], hr[r]) if relu_affine is None else
-                   k.grad_sums_relu(gr[r], hr[r], *relu_affine))
+        sg, sgx = k.grad_sums(gr[r], hr[r], *(relu_affine or (None, None)))
         parallel.add_to(acc, "g", sg)
         parallel.add_to(acc, "gx", sgx)
 
@@ -241,10 +240,7 @@ def _backward_jit(ctx, k, g, x_hat, inv_std, gamma, count, relu_affine):
 
         def input_grad(lo, hi, acc):
             r = slice(lo * per, hi * per)
-            if relu_affine is None:
-                k.input_grad(gr[r], hr[r], scale, a, b, dr[r])
-            else:
-                k.input_grad_relu(gr[r], hr[r], *relu_affine, scale, a, b, dr[r])
+            k.input_grad(gr[r], hr[r], *(relu_affine or (None, None)), scale, a, b, dr[r])
 
         parallel.run(blocks, input_grad, blas=False)
     return dx, sum_gx if ctx.needs_input_grad[1] else None, sum_g if ctx.needs_input_grad[2] else None

@@ -115,48 +115,37 @@ def _build():
                         out[i, j] = 0
 
     @jit
-    def grad_sums_relu(g, x_hat, gamma, beta):
-        """grad_sums of g * (y > 0), a separate ReLU's gradient, through a ReLU fused into
-        batch norm: its output y = max(x_hat * gamma + beta, 0) is recomputed exactly as
-        ``normalize`` computed it, rather than read from memory."""
+    def grad_sums(g, x_hat, gamma, beta):
+        """Per-channel sums of g and of g * x_hat, in float64. Through a ReLU fused into
+        batch norm (``gamma`` and ``beta`` given, else None), g counts as the separate
+        ReLU's gradient g * (y > 0) would: its output y = max(x_hat * gamma + beta, 0) is
+        recomputed exactly as ``normalize`` computed it, rather than read from memory."""
         c = g.shape[1]
         zero = np.zeros(1, g.dtype)[0]       # typed like g, so the arithmetic stays in g's precision
         sg = np.zeros(c, np.float64)
         sgx = np.zeros(c, np.float64)
         for i in range(g.shape[0]):
             for j in range(c):
-                gr = g[i, j] if x_hat[i, j] * gamma[j] + beta[j] > 0 else g[i, j] * zero
+                gr = g[i, j]
+                if gamma is not None:
+                    if not x_hat[i, j] * gamma[j] + beta[j] > 0:
+                        gr = gr * zero
                 sg[j] += gr
                 sgx[j] += gr * x_hat[i, j]
         return sg, sgx
 
     @jit
-    def input_grad_relu(g, x_hat, gamma, beta, scale, a, b, out):
-        """input_grad of g * (y > 0), through a ReLU fused into batch norm (as above)."""
+    def input_grad(g, x_hat, gamma, beta, scale, a, b, out):
+        """dx = g * scale - x_hat * a - b (one pass); g through a fused ReLU as in
+        ``grad_sums`` when ``gamma`` and ``beta`` are given."""
         zero = np.zeros(1, g.dtype)[0]
         for i in range(g.shape[0]):
             for j in range(g.shape[1]):
-                gr = g[i, j] if x_hat[i, j] * gamma[j] + beta[j] > 0 else g[i, j] * zero
+                gr = g[i, j]
+                if gamma is not None:
+                    if not x_hat[i, j] * gamma[j] + beta[j] > 0:
+                        gr = gr * zero
                 out[i, j] = gr * scale[j] - x_hat[i, j] * a[j] - b[j]
-
-    @jit
-    def grad_sums(g, x_hat):
-        """Per-channel sums of g and of g * x_hat, in float64."""
-        c = g.shape[1]
-        sg = np.zeros(c, np.float64)
-        sgx = np.zeros(c, np.float64)
-        for i in range(g.shape[0]):
-            for j in range(c):
-                sg[j] += g[i, j]
-                sgx[j] += g[i, j] * x_hat[i, j]
-        return sg, sgx
-
-    @jit
-    def input_grad(g, x_hat, scale, a, b, out):
-        """dx = g * scale - x_hat * a - b (one pass)."""
-        for i in range(g.shape[0]):
-            for j in range(g.shape[1]):
-                out[i, j] = g[i, j] * scale[j] - x_hat[i, j] * a[j] - b[j]
 
     @jit
     def max_pool_forward(xp, kh, kw, sh, sw, dh, dw, out, arg):
@@ -220,5 +209,4 @@ def _build():
 
     return types.SimpleNamespace(col2im=col2im, channel_sums=channel_sums, centered_square_sums=centered_square_sums,
                                  normalize=normalize, grad_sums=grad_sums, input_grad=input_grad,
-                                 grad_sums_relu=grad_sums_relu, input_grad_relu=input_grad_relu,
                                  max_pool_forward=max_pool_forward, max_pool_backward=max_pool_backward)
