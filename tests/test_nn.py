@@ -576,3 +576,173 @@ def test_sequential_does_not_fuse_layers_whose_forward_was_replaced_on_the_insta
     for layer in net:
         h = layer(h)
     np.testing.assert_array_equal(net(x).data, h.data)
+
+
+# ----- inference folds a batch norm into the convolution before it -----
+def _evaluated(module, rng):
+    """``module`` in evaluation mode, its batch norms given running statistics and affine
+    parameters that are not the identity (a fold that dropped any of them would show)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.data[:] = rng.standard_normal(c)
+            m.running_var.data[:] = rng.random(c) + 0.5
+            if m.weight is not None:
+                m.weight.data[:], m.bias.data[:] = rng.standard_normal(c), rng.standard_normal(c)
+    return module.eval()
+
+
+def _batch_norm_ops(monkeypatch):
+    """A list that grows by one for every batch norm op computed on its own."""
+    from cnnlab.functional import normalization
+    calls, forward = [], normalization.BatchNormFunction.forward
+    monkeypatch.setattr(normalization.BatchNormFunction, "forward",
+                        staticmethod(lambda ctx, *a, **k: calls.append(1) or forward(ctx, *a, **k)))
+    return calls
+
+
+def _layer_by_layer(module, x):
+    """The module's output with every layer called on its own (nothing fuses or folds
+    while module calls are observed)."""
+    with nn.observe_calls(lambda m, args, out: None):
+        return module(x)
+
+
+@pytest.mark.parametrize("bias,affine,untied", [(False, True, False), (True, True, False), (True, False, False),
+                                                (True, True, True)])
+def test_fuse_conv_bn_weights_matches_torch(bias, affine, untied):
+    rng = np.random.default_rng(30)
+    w = rng.standard_normal((6, 3, 3, 3))
+    b = rng.standard_normal((6, 4, 5) if untied else 6) if bias else None
+    rm, rv = rng.standard_normal(6), rng.random(6) + 0.1
+    gamma, beta = (rng.standard_normal(6), rng.standard_normal(6)) if affine else (None, None)
+    fw, fb = nn.fusion.fuse_conv_bn_weights(w, b, rm, rv, 1e-3, gamma, beta)
+    t = (lambda a: None if a is None else torch.tensor(a))
+    b_torch = t(b) if not untied else None    # torch's fusion knows one bias per filter only
+    tw, tb = torch.nn.utils.fusion.fuse_conv_bn_weights(t(w), b_torch, t(rm), t(rv), 1e-3, t(gamma), t(beta))
+    assert fw.dtype == fb.dtype == np.float64
+    assert rel(fw, tw.detach().numpy()) < 1e-14
+    if untied:   # each position's bias scaled and shifted like the tied one
+        _, tb0 = torch.nn.utils.fusion.fuse_conv_bn_weights(t(w), torch.zeros(6, dtype=torch.float64), t(rm), t(rv),
+                                                            1e-3, t(gamma), t(beta))
+        scale = tw.detach().numpy()[:, 0, 0, 0] / w[:, 0, 0, 0]
+        np.testing.assert_allclose(fb, b * scale[:, None, None] + tb0.detach().numpy()[:, None, None], rtol=1e-13)
+    else:
+        assert rel(fb, tb.detach().numpy()) < 1e-14
+
+
+def test_fuse_conv_bn_weights_names_what_does_not_fit():
+    with pytest.raises(ValueError, match=r"fuse_conv_bn_weights: batch norm running_var must have shape \(6,\)"):
+        nn.fusion.fuse_conv_bn_weights(np.zeros((6, 3, 3, 3)), None, np.zeros(6), np.ones(5), 1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_inference_folds_batch_norm_and_matches_torch(dtype, tol, monkeypatch):
+    """In evaluation with no gradient recorded, a Conv2d followed by a BatchNorm2d (and a
+    ReLU, and a residual block's shortcut) runs as one convolution: no batch norm op runs,
+    and the output is PyTorch's up to float rounding."""
+    rng = np.random.default_rng(31)
+    pairs = [
+        (nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                       nn.Conv2d(8, 4, 3, stride=2, padding=1, padding_mode="circular", bias=False),
+                       nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1, groups=2), nn.BatchNorm2d(4, affine=False)),
+         torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                             torch.nn.Conv2d(8, 4, 3, stride=2, padding=1, padding_mode="circular", bias=False),
+                             torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 4, 1, groups=2),
+                             torch.nn.BatchNorm2d(4, affine=False))),
+        (nn.BasicBlock(4, 4, 1), TorchBasicBlock(4, 4, 1)),
+        (nn.BasicBlock(4, 8, 2), TorchBasicBlock(4, 8, 2)),     # projection shortcut: a Sequential conv + bn
+    ]
+    calls = _batch_norm_ops(monkeypatch)
+    for ours, theirs in pairs:
+        ours.to(dtype)
+        _evaluated(theirs.to(torch.float64 if dtype == np.float64 else torch.float32), rng)
+        copy_from_torch(ours, theirs)
+        ours.eval()
+        x = rng.standard_normal((2, ours.conv1.in_channels if hasattr(ours, "conv1") else 3, 9, 9)).astype(dtype)
+        with torch.no_grad():
+            want = theirs(torch.tensor(x)).numpy()
+        calls.clear()
+        with cnnlab.no_grad():
+            got = ours(x)
+        assert not calls                                   # every batch norm folded
+        assert got.dtype == dtype and rel(got.data, want) < tol
+        assert rel(got.data, _layer_by_layer(ours, x).data) < tol
+        assert calls                                       # and layer by layer, they ran
+
+
+@pytest.mark.parametrize("block", ["basic_identity", "basic_option_a", "bottleneck"])
+def test_inference_folds_the_residual_blocks(block, monkeypatch):
+    rng = np.random.default_rng(32)
+    cnnlab.manual_seed(4)
+    module = {"basic_identity": lambda: nn.BasicBlock(6, 6),
+              "basic_option_a": lambda: nn.BasicBlock(6, 8, 2, shortcut="identity"),
+              "bottleneck": lambda: nn.Bottleneck(8, 2, stride=2)}[block]()
+    module = _evaluated(module, rng)
+    x = rng.standard_normal((3, module.conv1.in_channels, 8, 8)).astype(np.float32)
+    calls = _batch_norm_ops(monkeypatch)
+    with cnnlab.no_grad():
+        got = module(x)
+    assert not calls
+    want = _layer_by_layer(module, x)
+    assert rel(got.data, want.data) < 1e-5 and 0.2 < np.mean(got.data == 0) < 0.8
+
+
+def _conv_bn_relu():
+    cnnlab.manual_seed(5)
+    return _evaluated(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU()),
+                      np.random.default_rng(33))
+
+
+@pytest.mark.parametrize("why", ["grad", "training", "observed", "no running stats", "subclass", "forward replaced",
+                                 "channels differ"])
+def test_inference_does_not_fold_where_it_would_change_what_runs(why, monkeypatch):
+    net = _conv_bn_relu()
+    x = cnnlab.Tensor(np.random.default_rng(34).standard_normal((2, 2, 5, 5)).astype(np.float32))
+    if why == "training":
+        net.train()
+    elif why == "no running stats":
+        net.layers[1] = nn.BatchNorm2d(3, track_running_stats=False).eval()
+    elif why == "subclass":
+        net.layers[1] = _evaluated(type("MyBN", (nn.BatchNorm2d,), {})(3), np.random.default_rng(1))
+    elif why == "forward replaced":
+        net[1].forward = lambda h: nn.BatchNorm2d.forward(net[1], h) * 2
+    elif why == "channels differ":    # the batch norm's own error, not the fold's
+        net.layers[1] = nn.BatchNorm2d(4).eval()
+    calls = _batch_norm_ops(monkeypatch)
+    if why == "channels differ":
+        with cnnlab.no_grad(), pytest.raises(ValueError, match=r"BatchNorm2d\(4.*running_mean must have shape \(3,\)"):
+            net(x)
+        return
+    with (nn.observe_calls(lambda *a: None) if why == "observed" else cnnlab.no_grad() if why != "grad"
+          else cnnlab.enable_grad()):
+        out = net(x)
+        assert calls
+        if why == "forward replaced":
+            np.testing.assert_array_equal(out.data, F.relu(net[1](net[0](x))).data)
+
+
+def test_inference_folds_the_current_statistics():
+    """Nothing is kept between calls: new running statistics or weights show at once."""
+    net = _conv_bn_relu()
+    x = np.random.default_rng(35).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    with cnnlab.no_grad():
+        before = net(x).data.copy()
+        net[1].running_mean.data += 0.5
+        net[0].weight.data[0] *= -1
+        after = net(x).data
+    assert rel(after, _layer_by_layer(net, x).data) < 1e-5 and not np.allclose(before, after)
+
+
+def test_fuse_conv_bn_eval_gives_one_convolution():
+    net = _conv_bn_relu()
+    conv, bn = net[0], net[1]
+    weight = conv.weight.data.copy()
+    fused = nn.fusion.fuse_conv_bn_eval(conv, bn)
+    x = np.random.default_rng(36).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    assert rel(fused(x).data, bn(conv(x)).data) < 1e-5
+    np.testing.assert_array_equal(conv.weight.data, weight)           # the layers are left as they were
+    with pytest.raises(ValueError, match="fuse_conv_bn_eval: both layers must be in evaluation mode"):
+        nn.fusion.fuse_conv_bn_eval(conv, bn.train())
+    with pytest.raises(ValueError, match=r"Conv2d: only a batch norm in evaluation mode.*can be folded"):
+        conv(x, batch_norm=bn)

@@ -112,6 +112,44 @@ def test_conv2d_fused_relu_matches_torch(case, bias, dtype, layout):
                  lambda x, w, b=None: torch.relu(TF.conv2d(x, w, b, **kw)), arrays, dtype, requires_grad=flags)
 
 
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "norelu"])
+@pytest.mark.parametrize("case", ["basic", "stride2", "groups3_stride_dil", "one_channel", "padding_larger_than_kernel"])
+def test_conv2d_residual_matches_torch(case, relu, dtype, layout):
+    """residual=r: relu(conv2d(x) + r) (or conv2d(x) + r), r added inside the blocks, on
+    every kernel path, with r's gradient (through the ReLU's mask) alongside the others."""
+    xs, ws, kw = GEOMETRY[case]
+    rng = np.random.default_rng(14)
+    out_shape = tuple(TF.conv2d(torch.zeros(xs), torch.zeros(ws), **kw).shape)
+    arrays = [rand(rng, *xs), rand(rng, *ws), rand(rng, ws[0]), rand(rng, *out_shape)]
+    act = torch.relu if relu else (lambda t: t)
+    out, _ = check_op("conv2d residual", lambda x, w, b, r: F.conv2d(x, w, b, relu=relu, residual=r, **kw),
+                      lambda x, w, b, r: act(TF.conv2d(x, w, b, **kw) + r), arrays, dtype)
+    if relu:
+        assert 0.1 < np.mean(out[0].data == 0) < 0.9
+    for flags in ([False, False, False, True], [True, False, False, False]):
+        check_op("conv2d residual", lambda x, w, b, r: F.conv2d(x, w, b, relu=relu, residual=r, **kw),
+                 lambda x, w, b, r: act(TF.conv2d(x, w, b, **kw) + r), arrays, dtype, requires_grad=flags)
+
+
+def test_conv2d_residual_is_the_separate_sum_bit_for_bit():
+    """The fused sum rounds as conv2d(...) + residual, then the ReLU, do."""
+    rng = np.random.default_rng(15)
+    x, w, b = (rand(rng, *s).astype(np.float32) for s in ((2, 4, 9, 9), (4, 4, 3, 3), (4,)))
+    r = rand(rng, 2, 4, 9, 9).astype(np.float32)
+    fused = F.conv2d(x, w, b, padding=1, relu=True, residual=r)
+    np.testing.assert_array_equal(fused.data, F.relu(F.conv2d(x, w, b, padding=1) + r).data)
+    unbatched = F.conv2d(x[0], w, b, padding=1, residual=r[0])
+    np.testing.assert_array_equal(unbatched.data, (F.conv2d(x[:1], w, b, padding=1) + r[:1]).data[0])
+
+
+@pytest.mark.parametrize("shape,dtype", [((2, 4, 8, 8), np.float32), ((2, 4, 9, 9), np.float64),
+                                         ((4, 9, 9), np.float32)])
+def test_conv2d_residual_must_have_the_outputs_shape_and_dtype(shape, dtype):
+    x, w = np.zeros((2, 4, 9, 9), np.float32), np.zeros((4, 4, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"conv2d: residual must have the output's shape \(2, 4, 9, 9\)"):
+        F.conv2d(x, w, padding=1, residual=np.zeros(shape, dtype))
+
+
 @pytest.mark.parametrize("n,hw,filters", [(1, (7, 7), 6), (1, (28, 28), 6), (2, (64, 64), 6), (2, (60, 61), 6),
                                           (1, (70, 75), 7), (2, (6, 6), 300)])
 def test_conv2d_bias_of_few_filters_matches_torch(n, hw, filters, dtype):

@@ -9,6 +9,7 @@ from .._errors import pair, positive_int
 from .. import functional as F
 from ..functional.conv import check_padding_mode, conv_output_size, normalize_padding
 from . import init
+from .fusion import fuse_conv_bn_weights
 from .module import Module, Parameter
 
 
@@ -83,10 +84,23 @@ class Conv2d(Module):
             init.uniform_(self.bias, -bound, bound)
 
     _fuses_relu = True   # Sequential calls forward(x, relu=True) for a Conv2d followed by a ReLU
+    _folds_batch_norm = True   # and, in inference, forward(x, batch_norm=bn) for one followed by a BatchNorm2d
 
-    def forward(self, x, *, relu: bool = False):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        padding_mode=self.padding_mode, flip_kernel=self.flip_kernel, relu=relu)
+    def forward(self, x, *, relu: bool = False, residual=None, batch_norm=None):
+        """``relu``: apply ReLU in the same pass. ``residual``: added before the ReLU (see
+        :func:`cnnlab.functional.conv2d`). ``batch_norm``: a batch norm in evaluation mode,
+        folded into this layer's filters and bias (:func:`cnnlab.nn.fusion.fuse_conv_bn_weights`):
+        ``bn(conv(x))`` in one convolution, as inference runs it; no gradient reaches
+        the batch norm's parameters through it."""
+        weight, bias = self.weight, self.bias
+        if batch_norm is not None:
+            if batch_norm.training or batch_norm.running_mean is None:
+                raise ValueError(f"{type(self).__name__}: only a batch norm in evaluation mode, on running "
+                                 f"statistics, can be folded into the convolution, got {batch_norm!r}")
+            weight, bias = fuse_conv_bn_weights(weight, bias, batch_norm.running_mean, batch_norm.running_var,
+                                                batch_norm.eps, batch_norm.weight, batch_norm.bias)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                        padding_mode=self.padding_mode, flip_kernel=self.flip_kernel, relu=relu, residual=residual)
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

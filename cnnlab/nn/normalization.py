@@ -72,3 +72,4 @@ class BatchNorm2d(_BatchNorm):
     _ranks = (4,)
     _fuses_relu = True
     _takes_residual = True
+    _folds_into_conv = True   # inference folds it into a Conv2d before it (nn.module.conv_bn)

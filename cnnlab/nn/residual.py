@@ -13,7 +13,7 @@ from ..ops import cat
 from ..autograd import Tensor
 from .conv import Conv2d
 from .layers import Identity, ReLU
-from .module import Module, Sequential, fused_add_relu, fused_relu
+from .module import Module, Sequential, conv_bn
 from .normalization import BatchNorm2d
 
 
@@ -76,8 +76,8 @@ class BasicBlock(Module):
         self.relu = ReLU()
 
     def forward(self, x):
-        out = fused_relu(self.bn1, self.relu, self.conv1(x))
-        return fused_add_relu(self.bn2, self.relu, self.conv2(out), self.shortcut(x))
+        out = conv_bn(self.conv1, self.bn1, x, self.relu)
+        return conv_bn(self.conv2, self.bn2, out, self.relu, shortcut=lambda: self.shortcut(x))
 
 
 class Bottleneck(Module):
@@ -98,6 +98,6 @@ class Bottleneck(Module):
         self.relu = ReLU()
 
     def forward(self, x):
-        out = fused_relu(self.bn1, self.relu, self.conv1(x))
-        out = fused_relu(self.bn2, self.relu, self.conv2(out))
-        return fused_add_relu(self.bn3, self.relu, self.conv3(out), self.shortcut(x))
+        out = conv_bn(self.conv1, self.bn1, x, self.relu)
+        out = conv_bn(self.conv2, self.bn2, out, self.relu)
+        return conv_bn(self.conv3, self.bn3, out, self.relu, shortcut=lambda: self.shortcut(x))
