@@ -186,7 +186,7 @@ class Conv2dFunction(Function):
         xp = np.empty((n, c, hp, wp) if planes else (n, hp, wp, c), x.dtype)
         xpv = xp.transpose(0, 2, 3, 1) if planes else xp
         xv = x.transpose(0, 2, 3, 1)                                                # N H W C view
-        wmat = w.reshape(g, fg, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, fg).copy()
+        wmat = w.reshape(g, fg, cg, kh, kw).transpose(0, 3, 4, 2, 1).copy().reshape(g, kh * kw * cg, fg)  # one copy
         wcols = w.reshape(g, fg, cg * kh * kw).transpose(0, 2, 1) if planes else wmat  # rows ordered like cols
         bias = None if b is None else (b if b.ndim == 1 else b.transpose(1, 2, 0))  # tied (F,) or untied (Ho Wo F)
         out = np.empty((n, ho, wo, f), x.dtype)                                      # N Ho Wo F

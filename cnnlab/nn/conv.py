@@ -9,7 +9,7 @@ from .._errors import pair, positive_int
 from .. import functional as F
 from ..functional.conv import check_padding_mode, conv_output_size, normalize_padding
 from . import init
-from .fusion import fuse_conv_bn_weights
+from .fusion import folded
 from .module import Module, Parameter
 
 
@@ -89,7 +89,7 @@ class Conv2d(Module):
     def forward(self, x, *, relu: bool = False, residual=None, batch_norm=None):
         """``relu``: apply ReLU in the same pass. ``residual``: added before the ReLU (see
         :func:`cnnlab.functional.conv2d`). ``batch_norm``: a batch norm in evaluation mode,
-        folded into this layer's filters and bias (:func:`cnnlab.nn.fusion.fuse_conv_bn_weights`):
+        folded into this layer's filters and bias (:func:`cnnlab.nn.fusion.folded`):
         ``bn(conv(x))`` in one convolution, as inference runs it; no gradient reaches
         the batch norm's parameters through it."""
         weight, bias = self.weight, self.bias
@@ -97,8 +97,7 @@ class Conv2d(Module):
             if batch_norm.training or batch_norm.running_mean is None:
                 raise ValueError(f"{type(self).__name__}: only a batch norm in evaluation mode, on running "
                                  f"statistics, can be folded into the convolution, got {batch_norm!r}")
-            weight, bias = fuse_conv_bn_weights(weight, bias, batch_norm.running_mean, batch_norm.running_var,
-                                                batch_norm.eps, batch_norm.weight, batch_norm.bias)
+            weight, bias = folded(self, batch_norm)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                         padding_mode=self.padding_mode, flip_kernel=self.flip_kernel, relu=relu, residual=residual)
 
