@@ -196,6 +196,18 @@ def test_sum_mean(check_op, dtype, dim, keepdim):
              lambda t: t.mean(_torch_dims(dim, 3), keepdim=keepdim), [x], dtype)
 
 
+@pytest.mark.parametrize("dim", DIMS, ids=DIM_IDS)
+def test_mean_is_numpys_mean_bit_for_bit(dtype, dim):
+    """Mean takes np.mean's own steps (a sum, then a true division by the count)."""
+    x = (randn(11, 2, 3, 4) * 1e3).astype(dtype)
+    for keepdim in (False, True):
+        got = cnnlab.Tensor(x).mean(dim, keepdim=keepdim).data
+        want = np.asarray(x.mean(axis=dim, keepdims=keepdim))
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(cnnlab.Tensor(np.arange(5)).mean().data, np.arange(5).mean())   # ints: float64
+
+
 def test_sum_mean_default_is_scalar(check_op, dtype):
     x = randn(12, 3, 4)
     check_op("sum", lambda t: t.sum(), lambda t: t.sum(), [x], dtype)

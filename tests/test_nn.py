@@ -139,6 +139,28 @@ def test_option_a_shortcut_pads_channels_and_subsamples():
     assert not any("shortcut" in n for n, _ in block.named_parameters())
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels-last"])
+@pytest.mark.parametrize("shape,cout,stride", [((2, 3, 7, 6), 5, 2), ((1, 4, 5, 5), 4, 1), ((2, 2, 9, 4), 6, 3)])
+def test_option_a_shortcut_is_index_and_concatenation_with_its_gradient(shape, cout, stride, layout):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape)
+    if layout == "channels-last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    ours = cnnlab.Tensor(x, requires_grad=True)
+    out = nn.PadChannelsShortcut(shape[1], cout, stride)(ours)
+    theirs = torch.tensor(x, requires_grad=True)
+    sub = theirs[:, :, ::stride, ::stride]
+    want = torch.cat([sub, torch.zeros(sub.shape[0], cout - shape[1], *sub.shape[2:])], dim=1)
+    np.testing.assert_array_equal(out.data, want.detach().numpy())
+    g = rng.standard_normal(out.shape)
+    out.backward(g)
+    want.backward(torch.tensor(g))
+    np.testing.assert_array_equal(ours.grad, theirs.grad.numpy())
+    assert np.argsort(out.data.strides)[::-1].tolist() == np.argsort(x.strides)[::-1].tolist()   # x's layout
+    with pytest.raises(ValueError, match=r"PadChannelsShortcut.*expected input of shape \(N, 3, H, W\)"):
+        nn.PadChannelsShortcut(3, 5, 2)(np.zeros((1, 4, 6, 6)))
+
+
 def test_residual_generic_adds_body_and_shortcut():
     body = nn.Conv2d(2, 2, 3, padding=1).double()
     res = nn.Residual(body)
