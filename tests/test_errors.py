@@ -326,3 +326,19 @@ def test_linear_mismatched_in_features():
 def test_linear_bias_of_wrong_shape():
     with pytest.raises(ValueError, match=msg("linear", "bias", shape(4), shape(5))):
         F.linear(randn(33, 2, 3), randn(34, 4, 3), randn(35, 5))
+
+
+def test_conv_settings_are_checked_on_every_call_even_after_the_same_shapes_passed():
+    """conv2d keeps the geometry of settings and shapes that passed its checks; any
+    setting in another form, and any other shape, is checked afresh."""
+    x, w = np.zeros((1, 2, 6, 6), np.float32), np.zeros((3, 2, 3, 3), np.float32)
+    assert F.conv2d(x, w, stride=(1, 1), padding=1).shape == (1, 3, 6, 6)
+    assert F.conv2d(x, w, stride=(1, 1), padding=1).shape == (1, 3, 6, 6)
+    with pytest.raises(TypeError, match="stride must be an int or a pair of ints"):
+        F.conv2d(x, w, stride=(True, 1), padding=1)
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        F.conv2d(x, w, padding=1, groups=True)
+    with pytest.raises(ValueError, match="expected input with 2 channels"):
+        F.conv2d(np.zeros((1, 4, 6, 6), np.float32), w, stride=(1, 1), padding=1)
+    with pytest.raises(ValueError, match="kernel height 3 is larger than the padded input height 2"):
+        F.conv2d(np.zeros((1, 2, 2, 6), np.float32), w, stride=(1, 1))
