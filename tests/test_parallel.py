@@ -1080,14 +1080,14 @@ def test_a_model_call_holds_blas_once(blocking, monkeypatch):
     big = cnnlab.nn.Sequential(cnnlab.nn.Conv2d(2, 3, 3), cnnlab.nn.Conv2d(3, 64, 3))
     flops = [2 * 36 * 18 * 3, 2 * 16 * 27 * 64]
     monkeypatch.setattr(parallel, "SMALL_FLOPS", (flops[0] + flops[1]) // 2)
-    during, run = [], parallel.run
-    monkeypatch.setattr(parallel, "run", lambda bl, fn, *a, **k: run(
-        bl, lambda lo, hi, acc: during.append(blas.n) or fn(lo, hi, acc), *a, **k))
+    during, inline = [], parallel.inline       # where every single block runs
+    monkeypatch.setattr(parallel, "inline", lambda fn, *a, **k: inline(
+        lambda: during.append(blas.n) or fn(), *a, **k))
     calls.clear()
     with cnnlab.no_grad():
         big(x)
     assert during == [1, 8] and calls == [1, 8] and blas.n == 8
-    monkeypatch.setattr(parallel, "run", run)
+    monkeypatch.setattr(parallel, "inline", inline)
     # the scope changes nothing in the values
     monkeypatch.setattr(parallel, "_blas_controllers", lambda: [])
     with cnnlab.no_grad():

@@ -150,6 +150,91 @@ def test_conv2d_residual_must_have_the_outputs_shape_and_dtype(shape, dtype):
         F.conv2d(x, w, padding=1, residual=np.zeros(shape, dtype))
 
 
+def _plans_run(monkeypatch):
+    """A list that grows by one for every convolution run through an inference plan."""
+    plan = cnnlab.functional.conv._InferencePlan
+    calls, call = [], plan.__call__
+    monkeypatch.setattr(plan, "__call__", lambda self, *a: calls.append(1) or call(self, *a))
+    return calls
+
+
+@pytest.mark.parametrize("case", list(GEOMETRY))
+def test_conv2d_inference_plan_matches_torch_and_the_blocks_bit_for_bit(case, dtype, layout, monkeypatch):
+    """With no gradient to follow, a one-block input runs through a kept plan (where
+    groups and padding allow): PyTorch's output, and the blocks' own to the bit, on
+    every kernel path, with bias, residual and ReLU, on the first call and the next."""
+    xs, ws, kw = GEOMETRY[case]
+    rng = np.random.default_rng(16)
+    x, w, b = (rand(rng, *s).astype(dtype) for s in ((1,) + xs[1:], ws, ws[:1]))
+    r = rand(rng, *TF.conv2d(torch.zeros((1,) + xs[1:]), torch.zeros(ws), **kw).shape).astype(dtype)
+    plans = _plans_run(monkeypatch)
+    for relu, residual in ((False, None), (True, r)):
+        with cnnlab.no_grad():
+            planned = [F.conv2d(x, w, b, relu=relu, residual=residual, **kw).data for _ in range(2)]
+        blocks = F.conv2d(cnnlab.Tensor(x, requires_grad=True), w, b, relu=relu, residual=residual, **kw).data
+        for out in planned:
+            np.testing.assert_array_equal(out, blocks)
+        want = TF.conv2d(*map(torch.tensor, (x, w, b)), **kw) + (0 if residual is None else torch.tensor(r))
+        want = (torch.relu(want) if relu else want).numpy()
+        assert rel_error(planned[0], want) < TOLERANCE[np.dtype(dtype)]
+    assert len(plans) == (0 if kw.get("groups", 1) > 1 else 4)
+
+
+def test_conv2d_inference_plan_gives_fresh_outputs_and_keeps_inputs(monkeypatch):
+    rng = np.random.default_rng(17)
+    x1, x2 = rand(rng, 1, 4, 9, 9).astype(np.float32), rand(rng, 1, 4, 9, 9).astype(np.float32)
+    w, b = rand(rng, 5, 4, 3, 3).astype(np.float32), rand(rng, 5, 9, 9).astype(np.float32)   # untied bias
+    kept = x1.copy(), w.copy(), b.copy()
+    plans = _plans_run(monkeypatch)
+    with cnnlab.no_grad():
+        first = F.conv2d(x1, w, b, padding=1)
+        copy = first.data.copy()
+        second = F.conv2d(x2, w, b, padding=1)
+    assert len(plans) == 2 and not np.shares_memory(first.data, second.data)
+    np.testing.assert_array_equal(first.data, copy)
+    for a, k in zip((x1, w, b), kept):
+        np.testing.assert_array_equal(a, k)
+    np.testing.assert_allclose(first.data, TF.conv2d(torch.tensor(x1), torch.tensor(w), padding=1).numpy() + b,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_inference_plans_are_per_thread_and_bounded(monkeypatch):
+    """Threads running inference at once each write their own plans' buffers; plans
+    beyond KEEP push out the oldest, and too large ones are never built."""
+    import threading
+    conv = cnnlab.functional.conv
+    rng = np.random.default_rng(18)
+    w = rand(rng, 6, 3, 3, 3).astype(np.float32)
+    inputs = [rand(rng, 1, 3, 12, 12).astype(np.float32) for _ in range(8)]
+    want = [TF.conv2d(torch.tensor(x), torch.tensor(w), padding=1).numpy() for x in inputs]
+    errors = []
+
+    def infer(k):
+        with cnnlab.no_grad():
+            for i in range(200):
+                j = (i + k) % len(inputs)
+                if rel_error(F.conv2d(inputs[j], w, padding=1).data, want[j]) > 1e-5:
+                    errors.append((k, i))
+
+    threads = [threading.Thread(target=infer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    monkeypatch.setattr(conv._InferencePlan, "_local", threading.local())
+    monkeypatch.setattr(conv._InferencePlan, "KEEP", 3)
+    with cnnlab.no_grad():
+        for size in range(5, 10):
+            F.conv2d(np.ones((1, 3, size, size), np.float32), w, padding=1)
+    assert len(conv._InferencePlan._local.plans) == 3
+    monkeypatch.setattr(conv._InferencePlan, "PLAN_BYTES", 0)
+    plans = _plans_run(monkeypatch)
+    with cnnlab.no_grad():
+        out = F.conv2d(inputs[0], w, padding=1).data
+    assert not plans and rel_error(out, want[0]) < 1e-5
+
+
 @pytest.mark.parametrize("n,hw,filters", [(1, (7, 7), 6), (1, (28, 28), 6), (2, (64, 64), 6), (2, (60, 61), 6),
                                           (1, (70, 75), 7), (2, (6, 6), 300)])
 def test_conv2d_bias_of_few_filters_matches_torch(n, hw, filters, dtype):

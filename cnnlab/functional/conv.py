@@ -51,13 +51,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 
 import numpy as np
 
 from .._errors import InputError, check_float, check_rank, pair
 from ..kernels import add_windows, jit, out_size, pad2d, pad2d_backward, parallel, windows
 from ..kernels.padding import MODES as PADDING_MODES
-from ..autograd import Function, as_tensor as _as_tensor, unbroadcast
+from ..autograd import Function, as_tensor as _as_tensor, is_grad_enabled, unbroadcast
 
 
 # ----- argument handling, shared with the layers and with summary/conv_matrix -----
@@ -180,10 +181,13 @@ class Conv2dFunction(Function):
     backward, which rebuilds each block's columns: a copy into cache is cheaper than
     keeping the KH*KW times larger column matrix in memory. With ``relu=True`` the output
     is kept too, for the ReLU's gradient mask. ``residual`` (the output's shape) is added
-    to each block before the ReLU; its gradient is the output's, through that mask."""
+    to each block before the ReLU; its gradient is the output's, through that mask.
+    With no gradient to follow (``grad=False``), an input small enough to be one block
+    runs through a kept :class:`_InferencePlan` instead."""
 
     @staticmethod
-    def forward(ctx, x, w, b, residual=None, *, stride, pads, dilation, groups, padding_mode, relu=False):
+    def forward(ctx, x, w, b, residual=None, *, stride, pads, dilation, groups, padding_mode, relu=False,
+                grad=True):
         n, c, h, wd = x.shape
         f, cg, kh, kw = w.shape
         g, fg = groups, f // groups
@@ -193,6 +197,11 @@ class Conv2dFunction(Function):
         planes = _planes(kw, cg, wo)
         by_rows = _by_rows(stride, g, kh, planes, ho * wo * f * kw * c, n * ho * wo)
         per_image = _per_image(planes, g, ho * wo * f * kh * kw * c)
+        split = parallel.blocks(n, ho * wo, kh * kw * c * x.itemsize, 2 * ho * wo * kh * kw * cg * f)
+        if not grad and len(split) == 1 and g == 1 and padding_mode == "zeros":
+            plan = _InferencePlan.get(x.shape, w.shape, x.dtype, stride, pads, dilation, planes, by_rows)
+            if plan is not None:
+                return plan(x, w, b, residual, relu)
         # the padded input, filled block by block below and kept for backward (a copy, never
         # the caller's memory, which could change before then): channels-last, or for the
         # planes layout channels-first; xpv is its N Hp Wp C view either way
@@ -228,8 +237,7 @@ class Conv2dFunction(Function):
             if relu:  # fused: the block is still in cache, a separate ReLU would stream it again
                 np.maximum(out_b, 0, out=out_b)
 
-        parallel.run(parallel.blocks(n, ho * wo, kh * kw * c * x.itemsize, 2 * ho * wo * kh * kw * cg * f), block,
-                     flops=2 * n * ho * wo * kh * kw * cg * f)
+        parallel.run(split, block, flops=2 * n * ho * wo * kh * kw * cg * f)
         ctx.save_for_backward(xp, wmat, out if relu else None)
         ctx.meta = (x.shape, w.shape, None if b is None else b.ndim, stride, pads, dilation, groups, padding_mode,
                     planes, by_rows, per_image, residual is not None)
@@ -362,6 +370,102 @@ class Conv2dFunction(Function):
         if dres is not None and relu_out is not None:
             dres = dres.transpose(0, 3, 1, 2)
         return None if dx is None else dx.transpose(0, 3, 1, 2), dw, db, dres
+
+
+class _InferencePlan:
+    """One convolution shape's buffers and views for inference: nothing is kept for
+    backward, so the padded input can live in a buffer whose zero border is written once,
+    and the windows of its columns, their destination and each kernel row's share of them
+    can be worked out once. A call is then the interior copy, the column copy, the
+    products and the bias, residual and ReLU: ResNet-20 at batch 1, 2.34 -> 1.79 ms (a
+    batch-1 layer spent a quarter of its time on setting up blocks, padding borders,
+    windows and workspaces), with the same float operations as the blocks, so the same
+    output to the bit.
+
+    Plans are kept per thread (their buffers are written on every call), for stride-1 by
+    kernel rows, the full im2col and the planes layout, one group and zero padding, and
+    only for buffers up to ``PLAN_BYTES``; anything else runs as blocks."""
+
+    PLAN_BYTES = 4 << 20
+    KEEP = 64                     # plans per thread; the oldest goes first
+    _local = threading.local()
+
+    @classmethod
+    def get(cls, x_shape, w_shape, dtype, stride, pads, dilation, planes, by_rows):
+        plans = getattr(cls._local, "plans", None)
+        if plans is None:
+            plans = cls._local.plans = {}
+        key = (x_shape, w_shape, dtype, stride, pads, dilation, planes, by_rows)
+        plan = plans.get(key)
+        if plan is None and key not in plans:
+            plan = cls(*key)
+            if plan.nbytes > cls.PLAN_BYTES:
+                plan = None       # remembered as too large, so not built again
+            if len(plans) >= cls.KEEP:
+                del plans[next(iter(plans))]
+            plans[key] = plan
+        return plan
+
+    def __init__(self, x_shape, w_shape, dtype, stride, pads, dilation, planes, by_rows):
+        n, c, h, wd = x_shape
+        f, _, kh, kw = w_shape
+        top, bottom, left, right = pads
+        hp, wp = h + top + bottom, wd + left + right
+        ho, wo = out_size(hp, kh, stride[0], dilation[0]), out_size(wp, kw, stride[1], dilation[1])
+        self.out_shape, self.kernel, self.planes, self.by_rows = (n, ho, wo, f), (kh, kw), planes, by_rows
+        self.flops = 2 * n * ho * wo * kh * kw * c * f
+        if planes:   # channels-first, columns (C, KH, KW, N, Ho, Wo) in memory, read transposed
+            xp = np.zeros((n, c, hp, wp), dtype)
+            self.interior = xp[:, :, top:top + h, left:left + wd]
+            self.win = windows(xp, (kh, kw), stride, dilation, axes=(2, 3)).transpose(1, 4, 5, 0, 2, 3)
+        else:
+            xp = np.zeros((n, hp, wp, c), dtype)
+            self.interior = xp[:, top:top + h, left:left + wd].transpose(0, 3, 1, 2)       # seen as NCHW
+            if by_rows:    # the row columns (nb, Hp, Wo, KW, C), as _row_cols builds them
+                self.win = windows(xp, (1, kw), (1, 1), (1, dilation[1]), axes=(1, 2))[..., 0, :].transpose(
+                    0, 1, 2, 4, 3)
+            else:          # the full columns (nb, Ho, Wo, KH, KW, C), as _im2col builds them
+                self.win = windows(xp, (kh, kw), stride, dilation, axes=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+        self.cols = np.empty(self.win.shape, dtype)
+        m = n * ho * wo
+        if planes:
+            self.rows = [self.cols.reshape(-1, m).T]
+        elif by_rows:
+            k, dh = kw * c, dilation[0]
+            rows = self.cols.reshape(n, hp, wo, k)
+            self.rows = [rows[:, u * dh:u * dh + ho].reshape(m, k) for u in range(kh)]
+        else:
+            self.rows = [self.cols.reshape(m, -1)]
+        self.part = np.empty((m, f), dtype) if by_rows else None
+        self.nbytes = xp.nbytes + self.cols.nbytes + (0 if self.part is None else self.part.nbytes)
+
+    def __call__(self, x, w, b, residual, relu):
+        out = np.empty(self.out_shape, x.dtype)
+        parallel.inline(lambda: self._convolve(x, w, b, residual, relu, out), self.flops)
+        return out.transpose(0, 3, 1, 2)
+
+    def _convolve(self, x, w, b, residual, relu, out):
+        np.copyto(self.interior, x)
+        np.copyto(self.cols, self.win)
+        f = w.shape[0]
+        o = out.reshape(-1, f)
+        if self.planes:    # rows of the weight matrix ordered (c, kh, kw), as w lies
+            np.matmul(self.rows[0], w.reshape(f, -1).T, out=o)
+        else:              # ordered (kh, kw, c): a copy unless w is laid out so already
+            wmat = w.transpose(2, 3, 1, 0)
+            if not wmat.flags.c_contiguous:
+                wmat = np.ascontiguousarray(wmat)
+            wrows = wmat.reshape(len(self.rows), -1, f)
+            np.matmul(self.rows[0], wrows[0], out=o)
+            for a, wr in zip(self.rows[1:], wrows[1:]):
+                np.matmul(a, wr, out=self.part)
+                o += self.part
+        if b is not None:
+            _add_bias(out, b if b.ndim == 1 else b.transpose(1, 2, 0))
+        if residual is not None:
+            out += residual.transpose(0, 2, 3, 1)
+        if relu:
+            np.maximum(out, 0, out=out)
 
 
 def _add_bias(out, bias) -> None:
@@ -629,8 +733,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             residual = residual.reshape((1,) + residual.shape)
     if flip_kernel:
         w = w[:, :, ::-1, ::-1]
+    grad = is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias, residual))
     out = Conv2dFunction.apply(x, w, bias, residual, stride=stride, pads=pads, dilation=dilation,
-                               groups=groups, padding_mode=padding_mode, relu=bool(relu))
+                               groups=groups, padding_mode=padding_mode, relu=bool(relu), grad=grad)
     return out.reshape(out.shape[1:]) if unbatched else out
 
 

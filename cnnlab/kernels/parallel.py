@@ -214,22 +214,14 @@ def run(block_list, fn, flops=None, blas=True, hold_blas=False):
     (unless a second Ctrl-C interrupts the wait for the workers). A ``run`` inside a
     block runs its blocks in that thread."""
     threads = min(get_num_threads(), len(block_list))
-    nested = getattr(_local, "in_run", False)
-    if len(block_list) == 1 or nested:
+    if len(block_list) == 1 or getattr(_local, "in_run", False):
         acc = {}
-        small = flops is not None and flops < SMALL_FLOPS
-        # holding BLAS costs microseconds, felt at batch 1: not for products it will not thread
-        unthreaded = flops is not None and flops < 2 * BLAS_THREADS_MNK
-        hold = blas and (small or hold_blas) and not unthreaded and not nested
-        if blas and not (hold or unthreaded or nested):
-            _end_call_hold()          # a product big enough for BLAS's own threads: give them back
-        if hold:
-            with _blas_limited():
-                for lo, hi in block_list:
-                    fn(lo, hi, acc)
-        else:                         # no context manager: 2 us, felt at batch 1
+
+        def every_block():
             for lo, hi in block_list:
                 fn(lo, hi, acc)
+
+        inline(every_block, flops, blas, hold_blas)
         return [acc]
 
     def work(t):
@@ -257,6 +249,32 @@ def run(block_list, fn, flops=None, blas=True, hold_blas=False):
             if pool.retired:
                 _drop_pool(pool)
             pool.busy.release()
+
+
+def inline(fn, flops=None, blas=True, hold_blas=False):
+    """``fn()`` on the calling thread, with BLAS as :func:`run` sets it for a single block
+    (see there): held to one thread for products too small for BLAS's threads to pay,
+    given back its threads for large ones, left alone for products it does not thread
+    and inside a run's block. No context manager: at batch 1 each layer felt its 2 us."""
+    small = flops is not None and flops < SMALL_FLOPS
+    # holding BLAS costs microseconds, felt at batch 1: not for products it will not thread
+    unthreaded = flops is not None and flops < 2 * BLAS_THREADS_MNK
+    if not blas or unthreaded or getattr(_local, "in_run", False):
+        return fn()
+    if not (small or hold_blas):
+        _end_call_hold()          # a product big enough for BLAS's own threads: give them back
+        return fn()
+    scope = getattr(_local, "scope", None)
+    controllers = _blas_controllers() if not scope else None
+    if not controllers:           # held for this model call already, or nothing to hold
+        return fn()
+    _hold(controllers, for_call=scope is not None)   # in a model call: held until it ends
+    if scope is not None:
+        return fn()
+    try:
+        return fn()
+    finally:
+        _release(controllers)
 
 
 def _inline(work, threads: int) -> list:
