@@ -1,6 +1,7 @@
 """conv2d, true_conv2d, unfold/fold and locally_connected2d against PyTorch, values and
 gradients (input, weight and bias), in float64 and float32."""
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -70,6 +71,8 @@ def layout(request, monkeypatch):
     taps' scatter-add both compiled (with Numba) and in NumPy, and few-channel products
     both per image and per block."""
     conv = cnnlab.functional.conv
+    # inference plans choose their path when built: none built under another test's choice
+    monkeypatch.setattr(conv._InferencePlan, "_local", threading.local())
     if request.param != "auto":
         planes = request.param.startswith("planes")
         monkeypatch.setattr(conv, "_planes", lambda kw, cg, wo: planes)
@@ -201,7 +204,6 @@ def test_conv2d_inference_plan_gives_fresh_outputs_and_keeps_inputs(monkeypatch)
 def test_conv2d_inference_plans_are_per_thread_and_bounded(monkeypatch):
     """Threads running inference at once each write their own plans' buffers; plans
     beyond KEEP push out the oldest, and too large ones are never built."""
-    import threading
     conv = cnnlab.functional.conv
     rng = np.random.default_rng(18)
     w = rand(rng, 6, 3, 3, 3).astype(np.float32)

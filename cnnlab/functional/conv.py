@@ -182,12 +182,16 @@ class Conv2dFunction(Function):
     keeping the KH*KW times larger column matrix in memory. With ``relu=True`` the output
     is kept too, for the ReLU's gradient mask. ``residual`` (the output's shape) is added
     to each block before the ReLU; its gradient is the output's, through that mask.
-    With no gradient to follow (``grad=False``), an input small enough to be one block
-    runs through a kept :class:`_InferencePlan` instead."""
+    With no gradient to follow (``grad=False``), a batch of one image runs through a
+    kept :class:`_InferencePlan` instead."""
 
     @staticmethod
     def forward(ctx, x, w, b, residual=None, *, stride, pads, dilation, groups, padding_mode, relu=False,
                 grad=True):
+        if not grad and x.shape[0] == 1 and groups == 1 and padding_mode == "zeros":
+            plan = _InferencePlan.get(x.shape, w.shape, x.dtype, stride, pads, dilation)
+            if plan is not None:
+                return plan(x, w, b, residual, relu)
         n, c, h, wd = x.shape
         f, cg, kh, kw = w.shape
         g, fg = groups, f // groups
@@ -198,10 +202,6 @@ class Conv2dFunction(Function):
         by_rows = _by_rows(stride, g, kh, planes, ho * wo * f * kw * c, n * ho * wo)
         per_image = _per_image(planes, g, ho * wo * f * kh * kw * c)
         split = parallel.blocks(n, ho * wo, kh * kw * c * x.itemsize, 2 * ho * wo * kh * kw * cg * f)
-        if not grad and len(split) == 1 and g == 1 and padding_mode == "zeros":
-            plan = _InferencePlan.get(x.shape, w.shape, x.dtype, stride, pads, dilation, planes, by_rows)
-            if plan is not None:
-                return plan(x, w, b, residual, relu)
         # the padded input, filled block by block below and kept for backward (a copy, never
         # the caller's memory, which could change before then): channels-last, or for the
         # planes layout channels-first; xpv is its N Hp Wp C view either way
@@ -373,8 +373,8 @@ class Conv2dFunction(Function):
 
 
 class _InferencePlan:
-    """One convolution shape's buffers and views for inference: nothing is kept for
-    backward, so the padded input can live in a buffer whose zero border is written once,
+    """One image's convolution, its shapes and settings fixed, in inference: the kernel
+    path chosen, and its buffers and views. Nothing is kept for backward, so the padded input can live in a buffer whose zero border is written once,
     and the windows of its columns, their destination and each kernel row's share of them
     can be worked out once. A call is then the interior copy, the column copy, the
     products and the bias, residual and ReLU: ResNet-20 at batch 1, 2.34 -> 1.79 ms (a
@@ -384,18 +384,20 @@ class _InferencePlan:
 
     Plans are kept per thread (their buffers are written on every call), for stride-1 by
     kernel rows, the full im2col and the planes layout, one group and zero padding, and
-    only for buffers up to ``PLAN_BYTES``; anything else runs as blocks."""
+    only for buffers up to ``PLAN_BYTES``; anything else runs as blocks. A call finds its
+    plan by shapes and settings alone, before any other work (the paths' choice is made
+    once, when the plan is built)."""
 
     PLAN_BYTES = 4 << 20
     KEEP = 64                     # plans per thread; the oldest goes first
     _local = threading.local()
 
     @classmethod
-    def get(cls, x_shape, w_shape, dtype, stride, pads, dilation, planes, by_rows):
+    def get(cls, x_shape, w_shape, dtype, stride, pads, dilation):
         plans = getattr(cls._local, "plans", None)
         if plans is None:
             plans = cls._local.plans = {}
-        key = (x_shape, w_shape, dtype, stride, pads, dilation, planes, by_rows)
+        key = (x_shape, w_shape, dtype, stride, pads, dilation)
         plan = plans.get(key)
         if plan is None and key not in plans:
             plan = cls(*key)
@@ -406,12 +408,14 @@ class _InferencePlan:
             plans[key] = plan
         return plan
 
-    def __init__(self, x_shape, w_shape, dtype, stride, pads, dilation, planes, by_rows):
+    def __init__(self, x_shape, w_shape, dtype, stride, pads, dilation):
         n, c, h, wd = x_shape
         f, _, kh, kw = w_shape
         top, bottom, left, right = pads
         hp, wp = h + top + bottom, wd + left + right
         ho, wo = out_size(hp, kh, stride[0], dilation[0]), out_size(wp, kw, stride[1], dilation[1])
+        planes = _planes(kw, c, wo)       # as the blocks would choose (Conv2dFunction.forward)
+        by_rows = _by_rows(stride, 1, kh, planes, ho * wo * f * kw * c, n * ho * wo)
         self.out_shape, self.kernel, self.planes, self.by_rows = (n, ho, wo, f), (kh, kw), planes, by_rows
         self.flops = 2 * n * ho * wo * kh * kw * c * f
         if planes:   # channels-first, columns (C, KH, KW, N, Ho, Wo) in memory, read transposed
