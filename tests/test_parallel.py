@@ -41,7 +41,7 @@ def blocking(monkeypatch):
         monkeypatch.setattr(parallel, "TARGET_BLOCK_BYTES", per_block)
         monkeypatch.setattr(parallel, "MIN_BLOCK_FLOPS", 0)
         # and the tests' small outputs still run by kernel rows where the geometry allows
-        monkeypatch.setattr(cnnlab.functional.conv, "ROW_PRODUCT_MIN_POSITIONS", 0)
+        monkeypatch.setattr(cnnlab.functional.conv, "ROW_PRODUCT_MIN_VALUES", 0)
         # (inference plans choose their path when built: none kept from before)
         monkeypatch.setattr(cnnlab.functional.conv._InferencePlan, "_local", threading.local())
         monkeypatch.setattr(parallel, "MIN_SPLIT_ELEMENTS", 1)    # split even tiny elementwise passes

@@ -84,7 +84,7 @@ def layout(request, monkeypatch):
     if request.param.endswith("full im2col"):
         monkeypatch.setattr(conv, "_by_rows", lambda *args: False)
     elif request.param != "auto":
-        monkeypatch.setattr(conv, "ROW_PRODUCT_MIN_POSITIONS", 0)
+        monkeypatch.setattr(conv, "ROW_PRODUCT_MIN_VALUES", 0)
     return request.param
 
 

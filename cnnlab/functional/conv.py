@@ -199,7 +199,7 @@ class Conv2dFunction(Function):
         hp, wp = h + top + bottom, wd + left + right
         ho, wo = out_size(hp, kh, stride[0], dilation[0]), out_size(wp, kw, stride[1], dilation[1])
         planes = _planes(kw, cg, wo)
-        by_rows = _by_rows(stride, g, kh, planes, ho * wo * f * kw * c, n * ho * wo)
+        by_rows = _by_rows(stride, g, kh, planes, ho * wo * f * kw * c, n * ho * wo * kw * c)
         per_image = _per_image(planes, g, ho * wo * f * kh * kw * c)
         split = parallel.blocks(n, ho * wo, kh * kw * c * x.itemsize, 2 * ho * wo * kh * kw * cg * f)
         # the padded input, filled block by block below and kept for backward (a copy, never
@@ -415,7 +415,7 @@ class _InferencePlan:
         hp, wp = h + top + bottom, wd + left + right
         ho, wo = out_size(hp, kh, stride[0], dilation[0]), out_size(wp, kw, stride[1], dilation[1])
         planes = _planes(kw, c, wo)       # as the blocks would choose (Conv2dFunction.forward)
-        by_rows = _by_rows(stride, 1, kh, planes, ho * wo * f * kw * c, n * ho * wo)
+        by_rows = _by_rows(stride, 1, kh, planes, ho * wo * f * kw * c, n * ho * wo * kw * c)
         self.out_shape, self.kernel, self.planes, self.by_rows = (n, ho, wo, f), (kh, kw), planes, by_rows
         self.flops = 2 * n * ho * wo * kh * kw * c * f
         if planes:   # channels-first, columns (C, KH, KW, N, Ho, Wo) in memory, read transposed
@@ -513,21 +513,23 @@ def _gather_dx(c: int, f: int, groups: int) -> bool:
 ROW_PRODUCT_MNK = 1 << 20
 
 
-# below this many output positions in the whole batch, one product beats KH of them
-ROW_PRODUCT_MIN_POSITIONS = 256
+# below this many values in the row columns of the whole batch, one product beats KH of them
+ROW_PRODUCT_MIN_VALUES = 8192
 
 
-def _by_rows(stride, groups: int, kh: int, planes: bool, mnk: int, positions: int) -> bool:
+def _by_rows(stride, groups: int, kh: int, planes: bool, mnk: int, row_values: int) -> bool:
     """Whether a convolution runs by rows of the kernel (:func:`_conv_by_rows`): for
     stride 1, one group, channels-last columns and kernels of more than one row, where one
     image's product per kernel row (``mnk`` = Ho*Wo * F * KW*C) is small enough for
     BLAS's unpacked kernels. Measured at 2 threads, forward + backward: ResNet-20's
     16/32/64-channel layers 20/19/6% faster; the MNIST CNN's 32->64 on 26x26 (3.5M)
-    2% slower, so it keeps the full im2col. Tiny outputs (``positions`` = N*Ho*Wo, as
-    at batch 1) keep it too: KH products and adds of a hundred rows cost more calls than
-    they save (LeNet-5's second layer at batch 1: 47 against 38.5 us)."""
+    2% slower, so it keeps the full im2col. Tiny row columns (``row_values`` =
+    N*Ho*Wo * KW*C, as at batch 1) keep it too: there KH products and their sums cost more
+    calls than the smaller copy saves (LeNet-5's second layer at batch 1, 3000 values: 47
+    against 38.5 us; ResNet-20's 64-channel layers at batch 1, 12288 values, gain: the
+    model 1819 -> 1794 us)."""
     return (stride == (1, 1) and groups == 1 and kh > 1 and not planes and mnk <= ROW_PRODUCT_MNK
-            and positions >= ROW_PRODUCT_MIN_POSITIONS)
+            and row_values >= ROW_PRODUCT_MIN_VALUES)
 
 
 def _row_cols(src, kw: int, dw: int, slot: int):
