@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .._errors import InputError
 from ..autograd import Function, as_tensor
-from ..kernels.padding import axis_order, empty_in_order, empty_like_layout
+from ..kernels.padding import axis_order, empty_in_order
 from .conv import Conv2d
 from .layers import Identity, ReLU
 from .module import Module, Sequential, conv_bn
@@ -35,10 +35,10 @@ class _SubsamplePadChannels(Function):
     @staticmethod
     def forward(ctx, x, *, stride, channels):
         n, c, h, w = x.shape
-        out = empty_like_layout((n, channels, -(-h // stride), -(-w // stride)), x)
+        order = axis_order(x)
+        out = empty_in_order((n, channels, -(-h // stride), -(-w // stride)), order, x.dtype, zeros=True)
         out[:, :c] = x[:, :, ::stride, ::stride]
-        out[:, c:] = 0
-        ctx.meta = (x.shape, stride, axis_order(x))
+        ctx.meta = (x.shape, stride, order)
         return out
 
     @staticmethod
