@@ -56,13 +56,15 @@ KEEP_BYTES = 1 << 20
 _kept = weakref.WeakKeyDictionary()      # conv -> (eps, snapshots of the sources, weight, bias)
 
 
-def _snapshot(a):
-    return None if a is None else (a.shape, a.dtype, a.tobytes())
+def _snapshot(t):
+    return None if t is None else (t.data.shape, t.data.dtype, t.data.tobytes())
 
 
-def _unchanged(a, snap) -> bool:
-    if a is None or snap is None:
-        return a is None and snap is None
+def _unchanged(t, snap) -> bool:
+    """Whether the Tensor ``t`` (or None) still holds exactly the bytes of ``snap``."""
+    if t is None or snap is None:
+        return t is snap
+    a = t.data
     return a.shape == snap[0] and a.dtype == snap[1] and a.tobytes() == snap[2]
 
 
@@ -76,11 +78,13 @@ def folded(conv, bn):
     from, and reused while every one of them is unchanged (comparing costs about 5 us):
     weights changed in place by an optimizer, by ``load_state_dict`` or by hand are
     folded afresh at the next call, exactly as if nothing had been kept."""
-    sources = tuple(None if t is None else t.data for t in
-                    (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias))
     kept = _kept.get(conv)
-    if kept is not None and kept[0] == bn.eps and all(map(_unchanged, sources, kept[1])):
-        return kept[2], kept[3]
+    if kept is not None and kept[0] == bn.eps:
+        s = kept[1]   # the small arrays first, the filters last
+        if (_unchanged(bn.running_mean, s[2]) and _unchanged(bn.running_var, s[3]) and _unchanged(bn.weight, s[4])
+                and _unchanged(bn.bias, s[5]) and _unchanged(conv.bias, s[1]) and _unchanged(conv.weight, s[0])):
+            return kept[2], kept[3]
+    sources = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
     w, b = fuse_conv_bn_weights(*sources[:4], bn.eps, *sources[4:])
     if conv.groups == 1:   # laid out (KH, KW, C, F), the order of the convolution's weight matrix
         w = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).transpose(3, 2, 0, 1)
