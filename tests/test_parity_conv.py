@@ -203,6 +203,19 @@ def test_conv2d_inference_plan_gives_fresh_outputs_and_keeps_inputs(monkeypatch)
                                rtol=1e-5, atol=1e-5)
 
 
+def test_conv2d_inference_plan_relu_is_numpys_maximum_bit_for_bit(monkeypatch):
+    """The plan's ReLU (max against an array of zeros) keeps NaN and zeros as
+    np.maximum(y, 0) does."""
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    x[0, 0, 1, 1], x[0, 1, 4, 2], x[0, 0, 4, 4] = np.nan, 3.0, -2.0
+    w = -np.ones((3, 2, 3, 3), np.float32)
+    plans = _plans_run(monkeypatch)
+    with cnnlab.no_grad():
+        pre, post = F.conv2d(x, w, padding=1).data, F.conv2d(x, w, padding=1, relu=True).data
+    assert len(plans) == 2 and np.isnan(pre).any() and (pre == 0).any() and (pre < 0).any() and (pre > 0).any()
+    np.testing.assert_array_equal(post.view(np.uint32), np.maximum(pre, 0).view(np.uint32))
+
+
 def test_conv2d_inference_plans_are_per_thread_and_bounded(monkeypatch):
     """Threads running inference at once each write their own plans' buffers; plans
     beyond KEEP push out the oldest, and too large ones are never built."""
