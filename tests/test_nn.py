@@ -768,3 +768,10 @@ def test_fuse_conv_bn_eval_gives_one_convolution():
         nn.fusion.fuse_conv_bn_eval(conv, bn.train())
     with pytest.raises(ValueError, match=r"Conv2d: only a batch norm in evaluation mode.*can be folded"):
         conv(x, batch_norm=bn)
+
+
+def test_inference_fold_errors_name_the_convolution():
+    block = _evaluated(nn.BasicBlock(4, 4), np.random.default_rng(37))
+    with cnnlab.no_grad(), pytest.raises(ValueError, match=r"^Conv2d\(4, 4, kernel_size=\(3, 3\).*expected input with 4 "
+                                                           r"channels.*got 3 channels"):
+        block(np.zeros((1, 3, 6, 6), np.float32))
