@@ -218,7 +218,7 @@ def test_conv2d_inference_plan_relu_is_numpys_maximum_bit_for_bit(monkeypatch):
 
 def test_conv2d_inference_plans_are_per_thread_and_bounded(monkeypatch):
     """Threads running inference at once each write their own plans' buffers; plans
-    beyond KEEP push out the oldest, and too large ones are never built."""
+    beyond THREAD_BYTES push out the oldest, and too large ones are never built."""
     conv = cnnlab.functional.conv
     rng = np.random.default_rng(18)
     w = rand(rng, 6, 3, 3, 3).astype(np.float32)
@@ -240,11 +240,16 @@ def test_conv2d_inference_plans_are_per_thread_and_bounded(monkeypatch):
         t.join()
     assert not errors
     monkeypatch.setattr(conv._InferencePlan, "_local", threading.local())
-    monkeypatch.setattr(conv._InferencePlan, "KEEP", 3)
     with cnnlab.no_grad():
-        for size in range(5, 10):
-            F.conv2d(np.ones((1, 3, size, size), np.float32), w, padding=1)
-    assert len(conv._InferencePlan._local.plans) == 3
+        F.conv2d(np.ones((1, 3, 9, 9), np.float32), w, padding=1)
+        size = conv._InferencePlan._local.held
+        monkeypatch.setattr(conv._InferencePlan, "THREAD_BYTES", 3 * size)
+        for n in range(5, 10):
+            F.conv2d(np.ones((1, 3, n, n), np.float32), w, padding=1)
+    local = conv._InferencePlan._local
+    assert local.held == sum(p.nbytes for p in local.plans.values()) <= 3 * size
+    shapes = [key[0] for key in local.plans]
+    assert len(shapes) < 6 and shapes[-1] == (1, 3, 9, 9) and shapes == sorted(shapes)   # the oldest went first
     monkeypatch.setattr(conv._InferencePlan, "PLAN_BYTES", 0)
     plans = _plans_run(monkeypatch)
     with cnnlab.no_grad():

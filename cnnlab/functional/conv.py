@@ -388,25 +388,37 @@ class _InferencePlan:
     plan by shapes and settings alone, before any other work (the paths' choice is made
     once, when the plan is built)."""
 
-    PLAN_BYTES = 4 << 20
-    KEEP = 64                     # plans per thread; the oldest goes first
+    PLAN_BYTES = 4 << 20          # larger plans are not built (their layers are compute-bound)
+    THREAD_BYTES = 32 << 20       # plans a thread keeps; the oldest go first
     _local = threading.local()
 
     @classmethod
     def get(cls, x_shape, w_shape, dtype, stride, pads, dilation):
-        plans = getattr(cls._local, "plans", None)
+        """The plan for these shapes and settings, built on first use; None for one too large."""
+        local = cls._local
+        plans = getattr(local, "plans", None)
         if plans is None:
-            plans = cls._local.plans = {}
+            plans, local.held = local.__dict__.setdefault("plans", {}), 0
         key = (x_shape, w_shape, dtype, stride, pads, dilation)
         plan = plans.get(key)
         if plan is None and key not in plans:
-            plan = cls(*key)
-            if plan.nbytes > cls.PLAN_BYTES:
-                plan = None       # remembered as too large, so not built again
-            if len(plans) >= cls.KEEP:
-                del plans[next(iter(plans))]
-            plans[key] = plan
+            plan = cls(*key) if cls._bytes_at_most(*key) <= cls.PLAN_BYTES else None
+            size = 0 if plan is None else plan.nbytes
+            while plans and local.held + size > cls.THREAD_BYTES:
+                old = plans.pop(next(iter(plans)))
+                local.held -= 0 if old is None else old.nbytes
+            plans[key] = plan      # None: remembered as too large, so not sized again
+            local.held += size
         return plan
+
+    @staticmethod
+    def _bytes_at_most(x_shape, w_shape, dtype, stride, pads, dilation):
+        """An upper bound of a plan's buffers, before building it: the padded input, the
+        full im2col's columns and three output-sized arrays."""
+        (n, c, h, wd), (f, _, kh, kw) = x_shape, w_shape
+        hp, wp = h + pads[0] + pads[1], wd + pads[2] + pads[3]
+        m = n * out_size(hp, kh, stride[0], dilation[0]) * out_size(wp, kw, stride[1], dilation[1])
+        return np.dtype(dtype).itemsize * (n * hp * wp * c + m * (kh * kw * c + 1) + 3 * m * f + (kh * kw * c + 1) * f)
 
     def __init__(self, x_shape, w_shape, dtype, stride, pads, dilation):
         n, c, h, wd = x_shape
