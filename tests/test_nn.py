@@ -775,3 +775,32 @@ def test_inference_fold_errors_name_the_convolution():
     with cnnlab.no_grad(), pytest.raises(ValueError, match=r"^Conv2d\(4, 4, kernel_size=\(3, 3\).*expected input with 4 "
                                                            r"channels.*got 3 channels"):
         block(np.zeros((1, 3, 6, 6), np.float32))
+
+
+def test_conv2d_layer_checks_again_whatever_changed_since_its_last_call():
+    """A Conv2d skips conv2d's checks only for the settings, shapes and dtypes they passed
+    last time: a new input shape, a replaced weight or a changed setting is checked."""
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    x = np.ones((1, 2, 6, 6), np.float32)
+    assert conv(x).shape == (1, 3, 6, 6) and conv(x).shape == (1, 3, 6, 6)
+    with pytest.raises(ValueError, match=r"Conv2d\(2, 3.*expected input with 2 channels"):
+        conv(np.ones((1, 4, 6, 6), np.float32))
+    conv.stride = (2, 2)
+    assert conv(x).shape == (1, 3, 3, 3)
+    conv.stride = (0, 1)
+    with pytest.raises(ValueError, match="stride must be positive"):
+        conv(x)
+    conv.stride = 1
+    conv.weight = nn.Parameter(np.ones((3, 2, 9, 9), np.float32))
+    with pytest.raises(ValueError, match="kernel height 9 is larger than the padded input height 8"):
+        conv(x)
+    conv.weight = nn.Parameter(np.ones((3, 2, 3, 3), np.float64))
+    with pytest.raises(ValueError, match="input dtype float32 and weight dtype float64 differ"):
+        conv(x)
+    with pytest.raises(ValueError, match="input dtype float64 and bias dtype float32 differ"):
+        conv(x.astype(np.float64))
+    conv.bias = nn.Parameter(np.zeros(3, np.float64))
+    assert conv(x.astype(np.float64)).dtype == np.float64
+    assert conv(x[0].astype(np.float64)).shape == (3, 6, 6)        # unbatched
+    with pytest.raises(TypeError, match="input must be a cnnlab.Tensor or numpy.ndarray"):
+        conv([[1.0]])

@@ -738,6 +738,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     Shape:
         out: (N, F, Ho, Wo) with Ho = floor((H + pad_top + pad_bottom - dh*(KH-1) - 1) / sh) + 1.
     """
+    x, w, bias, residual, unbatched, geometry = _conv2d_arguments(input, weight, bias, stride, padding, dilation,
+                                                                  groups, padding_mode, residual)
+    return _conv2d(x, w, bias, residual, geometry, groups, padding_mode, flip_kernel, relu, unbatched)
+
+
+def _conv2d_arguments(input, weight, bias, stride, padding, dilation, groups, padding_mode, residual):
+    """conv2d's checks, raising an error that names what is wrong: the arrays as Tensors
+    (a batch of one for an unbatched input), whether it was unbatched, and the geometry
+    (stride, pads, dilation)."""
     where = "conv2d"
     x, w = _as_tensor(input, "conv2d", "input"), _as_tensor(weight, "conv2d", "weight")
     check_rank(x, (3, 4), where, "(N, C, H, W) or (C, H, W)")
@@ -768,9 +777,16 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
                              f"{x.dtype}, got {residual.shape} {residual.dtype}")
         if unbatched:
             residual = residual.reshape((1,) + residual.shape)
+    return x, w, bias, residual, unbatched, (stride, pads, dilation)
+
+
+def _conv2d(x, w, bias, residual, geometry, groups, padding_mode, flip_kernel, relu, unbatched):
+    """conv2d on arguments :func:`_conv2d_arguments` checked (Tensors or arrays; x and
+    residual batched)."""
+    stride, pads, dilation = geometry
     if flip_kernel:
         w = w[:, :, ::-1, ::-1]
-    grad = is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias, residual))
+    grad = is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (x, w, bias, residual))
     out = Conv2dFunction.apply(x, w, bias, residual, stride=stride, pads=pads, dilation=dilation,
                                groups=groups, padding_mode=padding_mode, relu=bool(relu), grad=grad)
     return out.reshape(out.shape[1:]) if unbatched else out
