@@ -354,6 +354,8 @@ def section_conv(report, settings, monitor, sgemm_rate) -> None:
     report.add()
     report.header("layer", "input → filters, kernel/stride, pad", "pass", "cnnlab ms", "PyTorch ms",
                   "cnnlab / PyTorch", "cnnlab % of SGEMM", "PyTorch % of SGEMM", "noisy blocks")
+    labels = [label for (label, _, _), _ in CONV_MODELS]
+    totals = {label: [0.0, 0.0, 0.0] for label in labels}     # per model: FLOPs, cnnlab s, PyTorch s
     for shape, layers in conv_shapes().items():
         where = layers[0] + (f" (+{len(layers) - 1} alike)" if len(layers) > 1 else "")
         channels_last = all(getattr(shape, k) == v for k, v in CHANNELS_LAST.items())
@@ -366,12 +368,25 @@ def section_conv(report, settings, monitor, sgemm_rate) -> None:
                 return f"{100 * flops / s.median / sgemm_rate:.0f}%"
 
             ours = res["cnnlab"]
+            for layer in layers:   # each occurrence counts, at the median of its shape
+                total = totals[next(label for label in labels if layer.startswith(label + " "))]
+                total[0] += flops
+                total[1] += ours.median
+                total[2] += res["torch"].median
             for name in ("torch", "torch channels_last"):
                 if name in res:
                     theirs = res[name]
                     tag = pass_ if name == "torch" else f"{pass_}, torch channels_last"
                     report.row(where, shape.describe(), tag, cell(ours), cell(theirs), ratio(ours, theirs),
                                pct(ours), pct(theirs), noisy_summary(ours, theirs))
+    report.add()
+    report.add("Each model's convolutions together, forward + backward, every layer counted as often as it "
+               "occurs (the medians above, summed; PyTorch NCHW):")
+    report.add()
+    report.header("model", "cnnlab ms", "PyTorch ms", "cnnlab / PyTorch", "cnnlab % of SGEMM", "PyTorch % of SGEMM")
+    for label, (flops, ours_s, theirs_s) in totals.items():
+        report.row(label, f"{1e3 * ours_s:.1f}", f"{1e3 * theirs_s:.1f}", f"{ours_s / theirs_s:.2f}×",
+                   f"{100 * flops / ours_s / sgemm_rate:.0f}%", f"{100 * flops / theirs_s / sgemm_rate:.0f}%")
     report.add()
 
 
