@@ -185,6 +185,25 @@ def test_conv2d_inference_plan_matches_torch_and_the_blocks(case, dtype, layout,
     assert len(plans) == (0 if kw.get("groups", 1) > 1 else 8)
 
 
+@pytest.mark.parametrize("case", list(GEOMETRY))
+def test_conv2d_without_gradient_is_the_forward_with_one_bit_for_bit(case, layout):
+    """With no backward to follow, batches pad into workspaces (or are read where they lie)
+    instead of into a padded copy kept for backward: the same output, to the bit, for
+    channels-first and channels-last inputs, in every padding mode."""
+    xs, ws, kw = GEOMETRY[case]
+    rng = np.random.default_rng(19)
+    x, w, b = (rand(rng, *s).astype(np.float32) for s in ((3,) + xs[1:], ws, ws[:1]))
+    for mode in ("zeros", "reflect"):
+        if mode == "reflect" and max(kw.get("padding", 0) if isinstance(kw.get("padding", 0), int)
+                                     else max(kw["padding"]), 0) >= min(xs[2:]):
+            continue
+        for xin in (x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
+            with cnnlab.no_grad():
+                free = F.conv2d(xin, w, b, padding_mode=mode, **kw).data
+            kept = F.conv2d(cnnlab.Tensor(xin, requires_grad=True), w, b, padding_mode=mode, **kw).data
+            np.testing.assert_array_equal(free, kept)
+
+
 def test_conv2d_inference_plan_gives_fresh_outputs_and_keeps_inputs(monkeypatch):
     rng = np.random.default_rng(17)
     x1, x2 = rand(rng, 1, 4, 9, 9).astype(np.float32), rand(rng, 1, 4, 9, 9).astype(np.float32)
