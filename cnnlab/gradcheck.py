@@ -66,15 +66,14 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     for k, x in enumerate(checked):
         analytic = np.zeros_like(x.data) if x.grad is None else x.grad
         numeric = np.zeros_like(x.data)
-        flat, nflat = x.data.reshape(-1), numeric.reshape(-1)
-        for i in range(flat.size):
-            orig = flat[i]
-            flat[i] = orig + eps
+        for i in np.ndindex(x.shape):   # by index: a flat view of a channels-last input would be a copy
+            orig = x.data[i]
+            x.data[i] = orig + eps
             plus = float((fn(*xs).data * upstream).sum())
-            flat[i] = orig - eps
+            x.data[i] = orig - eps
             minus = float((fn(*xs).data * upstream).sum())
-            flat[i] = orig
-            nflat[i] = (plus - minus) / (2 * eps)
+            x.data[i] = orig
+            numeric[i] = (plus - minus) / (2 * eps)
         diff = np.abs(analytic - numeric)
         rel = diff / np.maximum(np.maximum(np.abs(analytic), np.abs(numeric)), 1e-12)
         result.rel_errors.append(float(rel.max(initial=0.0)))

@@ -206,6 +206,8 @@ def test_mean_is_numpys_mean_bit_for_bit(dtype, dim):
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(cnnlab.Tensor(np.arange(5)).mean().data, np.arange(5).mean())   # ints: float64
+    half = cnnlab.Tensor(np.full((4, 20000), 10, np.float32)).astype(np.float16)   # summed in float32, as np.mean
+    assert half.mean().item() == 10 and (half.mean(1).data == 10).all()
 
 
 def test_sum_mean_default_is_scalar(check_op, dtype):

@@ -218,3 +218,12 @@ def test_batch_norm_eval(shape):
 @pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular", "symmetric"])
 def test_pad(mode, pads):
     check(lambda x: F.pad(x, pads, mode=mode), rand(np.random.default_rng(22), 2, 4, 4))
+
+
+def test_gradcheck_perturbs_channels_last_inputs_where_they_lie():
+    """A channels-last input's float64 copy keeps its layout; its elements are perturbed
+    in place, not in a flattened copy (which left the numeric gradient at zero)."""
+    x = np.random.default_rng(5).standard_normal((2, 3, 4, 4))
+    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    result = cnnlab.gradcheck(lambda t: (t * t).sum(dim=1), [cnnlab.Tensor(x, requires_grad=True)])
+    assert result.ok and result.max_rel_error < 1e-6

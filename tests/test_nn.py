@@ -804,3 +804,47 @@ def test_conv2d_layer_checks_again_whatever_changed_since_its_last_call():
     assert conv(x[0].astype(np.float64)).shape == (3, 6, 6)        # unbatched
     with pytest.raises(TypeError, match="input must be a cnnlab.Tensor or numpy.ndarray"):
         conv([[1.0]])
+
+
+def test_inference_folds_only_what_batch_norm_would_compute_the_same_way():
+    """No fold where batch norm itself would do something else: a layer told to stop
+    tracking statistics (it then normalises by the batch), or an unbatched input (which
+    batch norm refuses); folding by hand with gradients recorded is refused."""
+    net = _conv_bn_relu()
+    x = np.random.default_rng(38).standard_normal((3, 2, 5, 5)).astype(np.float32)
+    net[1].track_running_stats = False
+    with cnnlab.no_grad():
+        folded_off = net(x).data
+    np.testing.assert_allclose(folded_off, _layer_by_layer(net, x).data, rtol=1e-6, atol=1e-6)
+    net[1].track_running_stats = True
+    with cnnlab.no_grad(), pytest.raises(ValueError, match=r"BatchNorm2d\(3.*expected a 4-D input"):
+        net(x[0])
+    with pytest.raises(ValueError, match="folding a batch norm is for inference"):
+        net[0](x, batch_norm=net[1])
+    net[1].running_var = cnnlab.Tensor(np.ones(4, np.float32))       # a bad checkpoint: the batch norm is named
+    with cnnlab.no_grad(), pytest.raises(ValueError, match=r"^BatchNorm2d\(3.*running_var must have shape \(3,\)"):
+        net(x)
+
+
+def test_fuse_conv_bn_eval_keeps_frozen_weights_frozen():
+    net = _conv_bn_relu()
+    net[0].weight.requires_grad = False
+    fused = nn.fusion.fuse_conv_bn_eval(net[0], net[1])
+    assert not fused.weight.requires_grad and fused.bias.requires_grad
+
+
+def test_conv2d_layer_converts_half_precision_input_on_every_call():
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    x = np.random.default_rng(39).standard_normal((1, 2, 6, 6)).astype(np.float16)
+    outs = [conv(x) for _ in range(3)]
+    assert all(o.dtype == np.float32 for o in outs)
+    np.testing.assert_array_equal(outs[0].data, outs[2].data)
+
+
+def test_conv2d_layer_sees_a_setting_changed_in_place():
+    conv = nn.Conv2d(2, 4, 3)
+    conv.padding = [1, 1]
+    x = np.ones((1, 2, 8, 8), np.float32)
+    assert conv(x).shape == (1, 4, 8, 8)
+    conv.padding[0] = 2
+    assert conv(x).shape == (1, 4, 10, 8)

@@ -270,10 +270,13 @@ def test_conv2d_inference_plans_are_per_thread_and_bounded(monkeypatch):
     shapes = [key[0] for key in local.plans]
     assert len(shapes) < 6 and shapes[-1] == (1, 3, 9, 9) and shapes == sorted(shapes)   # the oldest went first
     monkeypatch.setattr(conv._InferencePlan, "PLAN_BYTES", 0)
+    monkeypatch.setattr(conv._InferencePlan, "KEEP", 3)
     plans = _plans_run(monkeypatch)
     with cnnlab.no_grad():
         out = F.conv2d(inputs[0], w, padding=1).data
-    assert not plans and rel_error(out, want[0]) < 1e-5
+        for n in range(10, 20):   # shapes found too large are remembered, but only so many
+            F.conv2d(np.ones((1, 3, n, n), np.float32), w, padding=1)
+    assert not plans and rel_error(out, want[0]) < 1e-5 and len(local.plans) <= 3
 
 
 @pytest.mark.parametrize("n,hw,filters", [(1, (7, 7), 6), (1, (28, 28), 6), (2, (64, 64), 6), (2, (60, 61), 6),

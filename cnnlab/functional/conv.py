@@ -397,6 +397,7 @@ class _InferencePlan:
 
     PLAN_BYTES = 4 << 20          # larger plans are not built (their layers are compute-bound)
     THREAD_BYTES = 32 << 20       # plans a thread keeps; the oldest go first
+    KEEP = 256                    # and at most this many (shapes found too large count too)
     _local = threading.local()
 
     @classmethod
@@ -411,7 +412,7 @@ class _InferencePlan:
         if plan is None and key not in plans:
             plan = cls(*key) if cls._bytes_at_most(*key) <= cls.PLAN_BYTES else None
             size = 0 if plan is None else plan.nbytes
-            while plans and local.held + size > cls.THREAD_BYTES:
+            while plans and (local.held + size > cls.THREAD_BYTES or len(plans) >= cls.KEEP):
                 old = plans.pop(next(iter(plans)))
                 local.held -= 0 if old is None else old.nbytes
             plans[key] = plan      # None: remembered as too large, so not sized again

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._errors import pair, positive_int
 from .. import functional as F
-from ..autograd import Tensor
+from ..autograd import Tensor, is_grad_enabled
 from ..functional.conv import (_conv2d, _conv2d_arguments, check_padding_mode, conv_output_size,
                                normalize_padding)
 from . import init
@@ -97,16 +97,22 @@ class Conv2d(Module):
         the batch norm's parameters through it."""
         weight, bias = self.weight, self.bias
         if batch_norm is not None:
-            if batch_norm.training or batch_norm.running_mean is None:
+            if batch_norm.training or not batch_norm.track_running_stats or batch_norm.running_mean is None:
                 raise ValueError(f"{type(self).__name__}: only a batch norm in evaluation mode, on running "
                                  f"statistics, can be folded into the convolution, got {batch_norm!r}")
+            if is_grad_enabled():   # the folded filters are constants: no gradient would reach the layers
+                raise ValueError(f"{type(self).__name__}: folding a batch norm is for inference; call it "
+                                 "under cnnlab.no_grad()")
             weight, bias = folded(self, batch_norm)
         # conv2d's checks pass again for the settings, shapes and dtypes they passed last
         # time: only something new is checked, which saves a tenth of ResNet-20's time at
         # batch 1
         key = _shapes(x, weight, bias, residual)
-        if key is not None:
-            key += (self.stride, self.padding, self.dilation, self.groups, self.padding_mode)
+        if key is not None and x.dtype == weight.dtype:    # (float16 input is converted by the checks)
+            key += tuple(tuple(v) if isinstance(v, list) else v for v in
+                         (self.stride, self.padding, self.dilation, self.groups, self.padding_mode))
+        else:
+            key = None
         seen = _checked.get(self)
         if key is None or seen is None or seen[0] != key:
             x, weight, bias, residual, unbatched, geometry = _conv2d_arguments(

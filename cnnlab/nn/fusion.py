@@ -19,7 +19,7 @@ import numpy as np
 
 from .._errors import InputError
 from ..autograd import Tensor
-from .module import Parameter
+from .module import Parameter, _name_layer
 
 
 def _array(t):
@@ -85,7 +85,11 @@ def folded(conv, bn):
                 and _unchanged(bn.bias, s[5]) and _unchanged(conv.bias, s[1]) and _unchanged(conv.weight, s[0])):
             return kept[2], kept[3]
     sources = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
-    w, b = fuse_conv_bn_weights(*sources[:4], bn.eps, *sources[4:])
+    try:
+        w, b = fuse_conv_bn_weights(*sources[:4], bn.eps, *sources[4:])
+    except InputError as e:   # a batch norm whose arrays do not fit: its own error, naming it
+        _name_layer(bn, e)
+        raise
     if conv.groups == 1:   # laid out (KH, KW, C, F), the order of the convolution's weight matrix
         w = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).transpose(3, 2, 0, 1)
     if w.nbytes <= KEEP_BYTES:
@@ -105,5 +109,7 @@ def fuse_conv_bn_eval(conv, bn):
                          "(track_running_stats=False), so it normalises by each batch and cannot be folded")
     fused = copy.deepcopy(conv)
     w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-    fused.weight, fused.bias = Parameter(w), Parameter(b)
+    fused.weight = Parameter(w, requires_grad=conv.weight.requires_grad)
+    fused.bias = Parameter(b, requires_grad=conv.weight.requires_grad if conv.bias is None
+                           else conv.bias.requires_grad)
     return fused

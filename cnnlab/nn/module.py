@@ -290,16 +290,18 @@ def fused_add_relu(bn, relu, x, residual):
     return relu(bn(x) + residual)
 
 
-def _folds_batch_norm(conv, bn) -> bool:
+def _folds_batch_norm(conv, bn, x) -> bool:
     """Whether ``bn(conv(x))`` runs as one convolution with the batch norm folded into its
     filters and bias (``conv(x, batch_norm=bn)``, :mod:`cnnlab.nn.fusion`): in inference
-    (no gradient recorded, the batch norm in evaluation mode on running statistics), when
-    both classes offer it in their own class body, and, as for :func:`_fuses_relu`, while
-    no one observes module calls and neither instance has its own ``forward``. The
-    result equals the separate layers' up to float rounding."""
+    (no gradient recorded, the batch norm in evaluation mode on running statistics), for
+    a batched input (batch norm refuses an unbatched one), when both classes offer it in
+    their own class body, and, as for :func:`_fuses_relu`, while no one observes module
+    calls and neither instance has its own ``forward``. The result equals the separate
+    layers' up to float rounding."""
     return (type(bn).__dict__.get("_folds_into_conv", False) and type(conv).__dict__.get("_folds_batch_norm", False)
-            and not bn.training and not is_grad_enabled() and bn.running_mean is not None
-            and bn.running_var is not None and bn.num_features == conv.out_channels
+            and not bn.training and not is_grad_enabled() and bn.track_running_stats
+            and bn.running_mean is not None and bn.running_var is not None and bn.num_features == conv.out_channels
+            and getattr(x, "ndim", 0) == 4
             and not _call_observers and "forward" not in vars(conv) and "forward" not in vars(bn))
 
 
@@ -313,7 +315,7 @@ def conv_bn(conv, bn, x, relu=None, shortcut=None):
     one by one, the ReLU and the sum fused into batch norm where :func:`_fuses_relu`
     allows. ``shortcut`` is a function, called after ``conv``, as the layers' order
     would call it."""
-    if _folds_batch_norm(conv, bn):
+    if _folds_batch_norm(conv, bn, x):
         residual = None if shortcut is None else shortcut()
         fuse = relu is None or _fuses_relu(conv, relu)
         try:   # forward itself: no one observes calls, and a module call's frame cost 1% at batch 1
@@ -358,7 +360,7 @@ class Sequential(Module):
         layers, i = self.layers, 0
         while i < len(layers):
             m = layers[i]
-            if i + 1 < len(layers) and _folds_batch_norm(m, layers[i + 1]):
+            if i + 1 < len(layers) and _folds_batch_norm(m, layers[i + 1], x):
                 if i + 2 < len(layers) and _fuses_relu(m, layers[i + 2]):
                     x = m(x, batch_norm=layers[i + 1], relu=True)   # conv, batch norm and ReLU: one pass
                     i += 3
