@@ -1,5 +1,5 @@
 """Layers (``cnnlab.nn``), named and initialised as in ``torch.nn``."""
-from . import init
+from . import fusion, init
 from .conv import Conv2d, LocallyConnected2d
 from .layers import (ELU, GELU, CrossEntropyLoss, Dropout, Flatten, Identity, LeakyReLU, Linear, LogSoftmax,
                      MSELoss, NLLLoss, PReLU, ReLU, Sigmoid, Softmax, Tanh)
@@ -9,7 +9,7 @@ from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, GlobalAvgP
 from .residual import BasicBlock, Bottleneck, PadChannelsShortcut, Residual
 
 __all__ = [
-    "init", "Module", "ModuleList", "Parameter", "Sequential", "observe_calls", "eval_mode", "model_dtype",
+    "init", "fusion", "Module", "ModuleList", "Parameter", "Sequential", "observe_calls", "eval_mode", "model_dtype",
     "Conv2d", "LocallyConnected2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "GlobalAvgPool2d", "GlobalMaxPool2d", "Linear", "Flatten", "Identity", "ReLU", "LeakyReLU", "PReLU",
     "ELU", "GELU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d",
