@@ -33,6 +33,12 @@ image. Larger products keep the full im2col and one multiply per block.
 
 ``relu=True`` (what ``nn.Sequential`` asks for a Conv2d followed by a ReLU) applies the
 ReLU to each block while it is in cache, and masks the gradient inside backward's blocks.
+``residual`` adds a residual block's shortcut before that ReLU.
+
+Inference (no gradient to follow): a batch of one image runs through a kept
+:class:`_InferencePlan` (buffers and views worked out once per shape, the bias summed
+inside the first product); larger batches pad each block into a workspace instead of a
+copy kept for backward.
 
 Backward, for an upstream gradient G of shape (N*Ho*Wo, F):
     dW = cols^T @ G                          weight sharing: a sum over every position
@@ -381,13 +387,14 @@ class Conv2dFunction(Function):
 
 class _InferencePlan:
     """One image's convolution, its shapes and settings fixed, in inference: the kernel
-    path chosen, and its buffers and views. Nothing is kept for backward, so the padded input can live in a buffer whose zero border is written once,
-    and the windows of its columns, their destination and each kernel row's share of them
-    can be worked out once. A call is then the interior copy, the column copy, the
-    products and the residual and ReLU: ResNet-20 at batch 1, 2.34 -> 1.79 ms (a
-    batch-1 layer spent a quarter of its time on setting up blocks, padding borders,
-    windows and workspaces). The output is the blocks' to an ulp or so: a tied bias is
-    summed inside the first product, whose columns lie one column wider.
+    path chosen, and its buffers and views. Nothing is kept for backward, so the padded
+    input can live in a buffer whose zero border is written once, and the windows of its
+    columns, their destination and each kernel row's share of them can be worked out
+    once. A call is then the interior copy, the column copy, the products and the
+    residual and ReLU: ResNet-20 at batch 1, 2.34 -> 1.79 ms (a batch-1 layer spent a
+    quarter of its time on setting up blocks, padding borders, windows and workspaces).
+    The output is the blocks' to an ulp or so: a tied bias is summed inside the first
+    product, whose columns lie one column wider.
 
     Plans are kept per thread (their buffers are written on every call), for stride-1 by
     kernel rows, the full im2col and the planes layout, one group and zero padding, and
