@@ -413,7 +413,8 @@ class _InferencePlan:
         local = cls._local
         plans = getattr(local, "plans", None)
         if plans is None:
-            plans, local.held = local.__dict__.setdefault("plans", {}), 0
+            plans = local.plans = {}
+            local.held = 0
         key = (x_shape, w_shape, dtype, stride, pads, dilation)
         plan = plans.get(key)
         if plan is None and key not in plans:
@@ -448,15 +449,14 @@ class _InferencePlan:
         if planes:   # channels-first, columns (C, KH, KW, N, Ho, Wo) in memory, read transposed
             xp = np.zeros((n, c, hp, wp), dtype)
             self.interior = xp[:, :, top:top + h, left:left + wd]
-            self.win = windows(xp, (kh, kw), stride, dilation, axes=(2, 3)).transpose(1, 4, 5, 0, 2, 3)
+            self.win = _im2col_windows(xp, (kh, kw), stride, dilation, 1, planes=True)
         else:
             xp = np.zeros((n, hp, wp, c), dtype)
             self.interior = xp[:, top:top + h, left:left + wd].transpose(0, 3, 1, 2)       # seen as NCHW
             if by_rows:    # the row columns (nb, Hp, Wo, KW, C), as _row_cols builds them
-                self.win = windows(xp, (1, kw), (1, 1), (1, dilation[1]), axes=(1, 2))[..., 0, :].transpose(
-                    0, 1, 2, 4, 3)
+                self.win = _row_windows(xp, kw, dilation[1])
             else:          # the full columns (nb, Ho, Wo, KH, KW, C), as _im2col builds them
-                self.win = windows(xp, (kh, kw), stride, dilation, axes=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+                self.win = _im2col_windows(xp, (kh, kw), stride, dilation, 1, planes=False)[0]
         # the columns, with one more column of ones: a tied bias rides in the first
         # product as one more row of the weight matrix instead of a pass of its own
         # (ResNet-20 at batch 1, every layer biased by its folded batch norm: 4% faster)
@@ -578,15 +578,19 @@ def _by_rows(stride, groups: int, kh: int, planes: bool, mnk: int, row_values: i
             and row_values >= ROW_PRODUCT_MIN_VALUES)
 
 
+def _row_windows(src, kw: int, dw: int):
+    """The view that :func:`_row_cols` copies: (nb, H, Wo, KW, C) of ``src`` (nb, H, W, C)."""
+    return windows(src, (1, kw), (1, 1), (1, dw), axes=(1, 2))[..., 0, :].transpose(0, 1, 2, 4, 3)
+
+
 def _row_cols(src, kw: int, dw: int, slot: int):
     """The columns of one kernel *row* at every position of every input row: ``src`` (nb,
     H, W, C) channels-last gives (nb, H, Wo, KW*C), ordered (kw, c). A third (for 3x3) of
     the full im2col's copy; kernel row u's columns are then rows u*dh.. of it, a view."""
-    nb, h, _, c = src.shape
-    win = windows(src, (1, kw), (1, 1), (1, dw), axes=(1, 2))[..., 0, :]            # nb H Wo C KW
-    cols = parallel.workspace(slot, (nb, h, win.shape[2], kw, c), src.dtype)
-    np.copyto(cols, win.transpose(0, 1, 2, 4, 3))
-    return cols.reshape(nb, h, win.shape[2], kw * c)
+    win = _row_windows(src, kw, dw)
+    cols = parallel.workspace(slot, win.shape, src.dtype)
+    np.copyto(cols, win)
+    return cols.reshape(win.shape[:3] + (win.shape[3] * win.shape[4],))
 
 
 def _conv_by_rows(src, wmat, kernel, dilation, out) -> None:
@@ -690,21 +694,22 @@ def _im2col(src, kernel, stride, dilation, groups, slot, planes=False):
     ``planes``: ``src`` is channels-first (nb, C, H, W); the columns are built transposed,
     (G, C/G*KH*KW, nb*Ho*Wo) in memory with rows ordered (c, kh, kw), one output-sized
     plane per tap, and returned as the (G, nb*Ho*Wo, C/G*KH*KW) view."""
-    (kh, kw) = kernel
+    win = _im2col_windows(src, kernel, stride, dilation, groups, planes)
+    cols = parallel.workspace(slot, win.shape, src.dtype)
+    np.copyto(cols, win)
+    if planes:          # (C, KH, KW, nb, Ho, Wo)
+        return cols.reshape(groups, math.prod(win.shape[:3]) // groups, math.prod(win.shape[3:])).transpose(0, 2, 1)
+    return cols.reshape(groups, math.prod(win.shape[1:4]), math.prod(win.shape[4:]))   # (G, nb, Ho, Wo, KH, KW, Cg)
+
+
+def _im2col_windows(src, kernel, stride, dilation, groups, planes):
+    """The view that :func:`_im2col` copies: (G, nb, Ho, Wo, KH, KW, C/G) of a
+    channels-last ``src``, or (C, KH, KW, nb, Ho, Wo) of a channels-first one (``planes``)."""
     if planes:
-        nb, c = src.shape[:2]
-        win = windows(src, kernel, stride, dilation, axes=(2, 3))                   # nb C Ho Wo KH KW
-        _, _, ho, wo = win.shape[:4]
-        cols = parallel.workspace(slot, (c, kh, kw, nb, ho, wo), src.dtype)
-        np.copyto(cols, win.transpose(1, 4, 5, 0, 2, 3))
-        return cols.reshape(groups, (c // groups) * kh * kw, nb * ho * wo).transpose(0, 2, 1)
-    nb, _, _, c = src.shape
-    cg = c // groups
+        return windows(src, kernel, stride, dilation, axes=(2, 3)).transpose(1, 4, 5, 0, 2, 3)
+    cg = src.shape[3] // groups
     win = windows(src.reshape(src.shape[:3] + (groups, cg)), kernel, stride, dilation, axes=(1, 2))
-    _, ho, wo = win.shape[:3]                                                       # nb Ho Wo G Cg KH KW
-    cols = parallel.workspace(slot, (groups, nb, ho, wo, kh, kw, cg), src.dtype)
-    np.copyto(cols, win.transpose(3, 0, 1, 2, 5, 6, 4))
-    return cols.reshape(groups, nb * ho * wo, kh * kw * cg)
+    return win.transpose(3, 0, 1, 2, 5, 6, 4)                                       # from nb Ho Wo G Cg KH KW
 
 
 def _zero_border(a, pads):
