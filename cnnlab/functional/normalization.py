@@ -125,14 +125,24 @@ class BatchNormFunction(Function):
                 g if has_residual and ctx.needs_input_grad[3] else None)
 
 
+def running_affine(running_mean, running_var, gamma, beta, eps):
+    """Batch norm in evaluation as one scale and one shift per channel, in float64:
+    ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``
+    (gamma and beta None: 1 and 0). Shared with the fold into a convolution
+    (:func:`cnnlab.nn.fusion.fuse_conv_bn_weights`)."""
+    scale = 1 / np.sqrt(running_var.astype(np.float64) + eps)
+    if gamma is not None:
+        scale = scale * gamma
+    shift = -running_mean * scale if beta is None else beta - running_mean * scale
+    return scale, shift
+
+
 def _evaluate(x, gamma, beta, running_mean, running_var, eps, shape, blocks, relu=False, residual=None):
     """Evaluation with no gradient to follow (inference): the running statistics and the
     affine parameters folded into one scale and one shift per channel, as PyTorch folds
     them, so two passes over x instead of four, and no x_hat kept."""
     dt = x.dtype
-    inv_std = 1 / np.sqrt(running_var.astype(np.float64) + eps)
-    scale = inv_std if gamma is None else inv_std * gamma
-    shift = -running_mean * scale if beta is None else beta - running_mean * scale
+    scale, shift = running_affine(running_mean, running_var, gamma, beta, eps)
     scale, shift = scale.astype(dt).reshape(shape), shift.astype(dt).reshape(shape)
     out = np.empty_like(x)
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .._errors import InputError
 from ..autograd import Tensor
+from ..functional.normalization import running_affine
 from .module import Parameter, _name_layer
 
 
@@ -39,10 +40,7 @@ def fuse_conv_bn_weights(conv_w, conv_b, bn_rm, bn_rv, bn_eps, bn_w=None, bn_b=N
         if (a is None and name.startswith("running")) or (a is not None and a.shape != (f,)):
             raise InputError(f"fuse_conv_bn_weights: batch norm {name} must have shape ({f},) for a convolution "
                              f"with {f} filters, got {None if a is None else a.shape}")
-    scale = (rv.astype(np.float64) + bn_eps) ** -0.5
-    if gamma is not None:
-        scale *= gamma
-    shift = rm * -scale if beta is None else beta - rm * scale
+    scale, shift = running_affine(rm, rv, gamma, beta, bn_eps)
     # one row per filter: the multiply's inner loop runs along C*KH*KW values, not KW
     fused_w = (w.reshape(f, -1) * scale.astype(w.dtype)[:, None]).reshape(w.shape)
     if b is not None:   # tied (F,) or untied (F, Ho, Wo): one value per position
