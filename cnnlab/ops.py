@@ -273,7 +273,8 @@ class Mean(Function):
             out = np.true_divide(out, count, out=out, casting="unsafe") if out.ndim else np.asarray(out / count)
         else:
             out = np.asarray(a.mean(axis=axis, keepdims=keepdims))
-        ctx.args = (a.shape, axis, keepdims, a.size // max(out.size, 1), axis_order(a))
+            count = a.size // max(out.size, 1)
+        ctx.args = (a.shape, axis, keepdims, count, axis_order(a))
         return out
 
     @staticmethod

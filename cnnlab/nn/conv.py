@@ -93,8 +93,8 @@ class Conv2d(Module):
         """``relu``: apply ReLU in the same pass. ``residual``: added before the ReLU (see
         :func:`cnnlab.functional.conv2d`). ``batch_norm``: a batch norm in evaluation mode,
         folded into this layer's filters and bias (:func:`cnnlab.nn.fusion.folded`):
-        ``bn(conv(x))`` in one convolution, as inference runs it; no gradient reaches
-        the batch norm's parameters through it."""
+        ``bn(conv(x))`` in one convolution, as inference runs it: only with no gradient
+        recorded (the folded filters are constants)."""
         weight, bias = self.weight, self.bias
         if batch_norm is not None:
             if batch_norm.training or not batch_norm.track_running_stats or batch_norm.running_mean is None:

@@ -7,10 +7,9 @@ match; when the block changes the number of channels or the resolution, it is ei
 subsamples and pads channels with zeros (option A, used for the CIFAR ResNets)."""
 from __future__ import annotations
 
-import numpy as np
-
 from .._errors import InputError
 from ..autograd import Function, as_tensor
+from ..kernels.padding import empty_in_order
 from .conv import Conv2d
 from .layers import Identity, ReLU
 from .module import Module, Sequential, conv_bn
@@ -39,7 +38,7 @@ class _SubsamplePadChannels(Function):
     def forward(ctx, x, *, stride, channels):
         n, c, h, w = x.shape
         last = x.transpose(0, 2, 3, 1).flags.c_contiguous
-        out = _zeros((n, channels, -(-h // stride), -(-w // stride)), x.dtype, last)
+        out = empty_in_order((n, channels, -(-h // stride), -(-w // stride)), _order(last), x.dtype, zeros=True)
         if last:
             _nhwc(out)[..., :c] = _nhwc(x)[:, ::stride, ::stride]
         else:
@@ -50,7 +49,7 @@ class _SubsamplePadChannels(Function):
     @staticmethod
     def backward(ctx, g):
         shape, stride, last = ctx.meta
-        dx = _zeros(shape, g.dtype, last)
+        dx = empty_in_order(shape, _order(last), g.dtype, zeros=True)
         if last:
             _nhwc(dx)[:, ::stride, ::stride] = _nhwc(g)[..., :shape[1]]
         else:
@@ -62,12 +61,8 @@ def _nhwc(a):
     return a.transpose(0, 2, 3, 1)
 
 
-def _zeros(shape, dtype, channels_last: bool):
-    """Zeros of NCHW ``shape``, laid out channels-last in memory if asked."""
-    if not channels_last:
-        return np.zeros(shape, dtype)
-    n, c, h, w = shape
-    return np.zeros((n, h, w, c), dtype).transpose(0, 3, 1, 2)
+def _order(channels_last: bool):
+    return (0, 2, 3, 1) if channels_last else (0, 1, 2, 3)
 
 
 class PadChannelsShortcut(Module):
