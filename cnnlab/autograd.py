@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 import threading
 
 import numpy as np
@@ -57,6 +58,32 @@ def _accumulate(total: np.ndarray, grad: np.ndarray, value: np.ndarray) -> np.nd
     gradient may be an op's own array."""
     out = empty_like_layout(value.shape, value, dtype=np.result_type(total, grad))
     return parallel.elementwise(np.add, total, grad, out=out)
+
+
+# CPython counts references exactly; elsewhere a leaf's gradient is always copied
+_COUNTS_REFERENCES = sys.implementation.name == "cpython"
+
+
+def _sole_owner(a: np.ndarray) -> bool:
+    """Whether the caller's one variable is all that holds ``a`` and its memory, so a
+    leaf may keep ``a`` as its ``.grad`` without copying it, as PyTorch's AccumulateGrad
+    keeps a gradient nobody else holds. True for a writeable array that owns its memory,
+    or that views the whole of a contiguous array owning its memory (a convolution's
+    channels-last input gradient seen as NCHW) which nothing else references. Anything
+    else (an op's array returned to two inputs, a view of the caller's own ``grad``,
+    broadcast or read-only arrays) is copied: a later in-place update of the ``.grad``
+    must not reach another array."""
+    if not (_COUNTS_REFERENCES and type(a) is np.ndarray and a.flags.writeable):
+        return False
+    # references to a: the caller's variable, this parameter and getrefcount's argument
+    if sys.getrefcount(a) > 3:
+        return False
+    base = a.base
+    if base is None:
+        return a.flags.c_contiguous or a.flags.f_contiguous
+    # references to base: a's, the local variable, getrefcount's argument
+    return (type(base) is np.ndarray and base.base is None and base.flags.c_contiguous
+            and base.nbytes == a.nbytes and sys.getrefcount(base) <= 3)
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
@@ -250,8 +277,11 @@ class Tensor:
             g = grads.pop(id(node), None)
             if g is None:
                 continue
-            if node._ctx is None:
-                node.grad = g.copy(order="K") if node.grad is None else node.grad + g
+            if node._ctx is None:   # a leaf: a gradient nothing else holds is kept as it is
+                if node.grad is None:
+                    node.grad = g if _sole_owner(g) else g.copy(order="K")
+                else:
+                    node.grad = node.grad + g
                 continue
             if node._retain:
                 node.grad = g.copy(order="K") if node.grad is None else node.grad + g
@@ -271,6 +301,7 @@ class Tensor:
                 assert ig.shape == inp.shape, f"{ctx.function.__name__}.backward: grad shape {ig.shape} != input shape {inp.shape}"
                 key = id(inp)
                 grads[key] = ig if key not in grads else _accumulate(grads[key], ig, inp.data)
+            in_grads = ig = None    # the dict holds the gradients now (see _sole_owner)
             if not retain_graph:
                 ctx.saved_tensors = ()
                 ctx.released = True

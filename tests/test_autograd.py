@@ -460,6 +460,71 @@ def test_grad_accumulates_across_backward_calls():
     np.testing.assert_allclose(x.grad, xt.grad.numpy(), rtol=1e-12)
 
 
+class _FreshGradient(Function):
+    """Identity whose backward returns ``make(g)`` and records where that array lies."""
+    pointers: list = []
+    kept: list = []
+
+    @staticmethod
+    def forward(ctx, x, *, make, keep=False):
+        ctx.make, ctx.keep = make, keep
+        return x.copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        out = ctx.make(g)
+        _FreshGradient.pointers.append(out.__array_interface__["data"][0])
+        if ctx.keep:
+            _FreshGradient.kept.append(out)
+        return out
+
+
+def _data_pointer(a):
+    return a.__array_interface__["data"][0]
+
+
+@pytest.mark.parametrize("layout", ["c", "channels_last"])
+def test_leaf_keeps_a_gradient_nothing_else_holds(layout):
+    """As PyTorch's AccumulateGrad does: no copy of an input-sized gradient (a
+    saliency map's, a layer benchmark's) when no one else can reach its memory."""
+    def make(g):
+        return g * 2.0 if layout == "c" else np.ascontiguousarray((g * 2.0).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    x = Tensor(randn(60, 2, 3, 4, 5), requires_grad=True)
+    _FreshGradient.apply(x, make=make).backward(randn(61, 2, 3, 4, 5))
+    assert _data_pointer(x.grad) == _FreshGradient.pointers[-1]
+    np.testing.assert_array_equal(x.grad, 2.0 * randn(61, 2, 3, 4, 5))
+    assert x.grad.flags.writeable
+
+
+def test_leaf_copies_a_gradient_someone_else_holds():
+    # one array returned to two inputs: in-place changes to one .grad must not reach the other
+    a, b = Tensor(randn(62, 3), requires_grad=True), Tensor(randn(63, 3), requires_grad=True)
+    (a + b).backward(np.ones(3))
+    assert not np.shares_memory(a.grad, b.grad)
+    a.grad += 1
+    np.testing.assert_array_equal(b.grad, np.ones(3))
+    # the caller's own upstream gradient, given to a leaf or passed through a view
+    g = randn(64, 2, 3)
+    leaf = Tensor(randn(65, 2, 3), requires_grad=True)
+    leaf.backward(g)
+    assert not np.shares_memory(leaf.grad, g)
+    x = Tensor(randn(66, 6), requires_grad=True)
+    x.reshape(2, 3).backward(g)
+    assert not np.shares_memory(x.grad, g)
+    # read-only (broadcast) gradients, views of part of an array, arrays an op keeps
+    x = Tensor(randn(67, 4, 5), requires_grad=True)
+    x.sum().backward()
+    assert x.grad.flags.writeable and x.grad.flags.c_contiguous
+    y = Tensor(randn(68, 4, 5), requires_grad=True)
+    _FreshGradient.apply(y, make=lambda g: np.concatenate([g, g], axis=1)[:, :5]).backward(np.ones((4, 5)))
+    assert y.grad.flags.c_contiguous and _data_pointer(y.grad) != _FreshGradient.pointers[-1]
+    z = Tensor(randn(69, 4, 5), requires_grad=True)
+    _FreshGradient.apply(z, make=lambda g: g * 3.0, keep=True).backward(np.ones((4, 5)))
+    assert not np.shares_memory(z.grad, _FreshGradient.kept[-1])
+    z.grad += 1
+    np.testing.assert_array_equal(_FreshGradient.kept[-1], np.full((4, 5), 3.0))
+
+
 def test_retain_grad_on_non_leaf():
     data, g = randn(50, 3, 4), randn(51, 3, 4)
     x = Tensor(data, requires_grad=True)

@@ -7,6 +7,7 @@ optional Numba kernels (kernels.jit) beside their NumPy twins, and memory reuse.
 import os
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -436,6 +437,26 @@ def test_blocks_hold_at_least_the_minimum_flops_but_one_block_per_thread(blockin
     for n in (1, 2, 9, 128):
         bl = parallel.blocks(n, 1, item, flops)
         assert bl[0][0] == 0 and bl[-1][1] == n and all(a[1] == b[0] for a, b in zip(bl, bl[1:]))
+
+
+def test_workers_let_go_of_a_finished_run(blocking):
+    """A worker drops its last job, and with it the arrays the job's closures hold, once
+    the job is done: a convolution's input gradient, which the input (a leaf) then keeps
+    without a copy (autograd._sole_owner), or frees when nothing needs it."""
+    blocking(2)
+    rng = np.random.default_rng(0)
+    x = cnnlab.Tensor(rng.standard_normal((4, 3, 6, 6), dtype=np.float32), requires_grad=True)
+    w = cnnlab.Tensor(rng.standard_normal((5, 3, 3, 3), dtype=np.float32), requires_grad=True)
+    F.conv2d(x, w, padding=1).sum().backward()
+    assert x.grad.base is not None and x.grad.base.flags.c_contiguous    # kept, not copied
+    big = np.ones(1000)
+    alive = weakref.ref(big)
+
+    def block(lo, hi, acc, held=big):     # the function itself holds the array
+        acc["n"] = held.size
+    assert [a["n"] for a in parallel.run([(0, 1), (1, 2)], block)] == [1000, 1000]
+    del block, big
+    assert alive() is None
 
 
 def test_workspace_is_reused_per_slot_and_large_arrays_are_not_kept():

@@ -389,6 +389,9 @@ class _Workers:
             try:
                 job(t)
             finally:
+                # the job's closures hold the run's arrays (a convolution's input gradient):
+                # let them go now, not when the next job arrives
+                job = None
                 done.release()
 
     def run(self, work, threads: int) -> list:
