@@ -900,20 +900,24 @@ POOL_CASES = {  # kernel, stride, padding, dilation, ceil_mode
 }
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("path", ["numpy", "numba"])
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("case", list(POOL_CASES))
 @pytest.mark.parametrize("values", ["random", "ties and NaN", "-inf"])
-def test_max_pool_channels_last_kernels_match_torch(blocking, monkeypatch, path, threads, case, values, dtype):
+def test_max_pool_kernels_match_torch(blocking, monkeypatch, layout, path, threads, case, values, dtype):
+    """The compiled loops (along channels for channels-last memory, along rows for
+    NCHW memory) and NumPy's tap loops."""
     from cnnlab.functional import pooling
     from cnnlab.kernels import jit
     if path == "numba" and not jit.available():
         pytest.skip("Numba is not installed (the fast extra)")
+    chooser = "_jit_kernels" if layout == "channels_last" else "_jit_planes"
     if path == "numpy":
-        monkeypatch.setattr(pooling, "_jit_kernels", lambda x: None)
+        monkeypatch.setattr(pooling, chooser, lambda x: None)
     seen = []
-    jit_kernels = pooling._jit_kernels
-    monkeypatch.setattr(pooling, "_jit_kernels", lambda x: seen.append(jit_kernels(x) is not None) or jit_kernels(x))
+    choose = getattr(pooling, chooser)
+    monkeypatch.setattr(pooling, chooser, lambda x: seen.append(choose(x) is not None) or choose(x))
     empty_in_order = pooling.empty_in_order
 
     def poisoned_empty(shape, order, dtype, zeros=False):   # garbage where a kernel skips an element
@@ -926,7 +930,8 @@ def test_max_pool_channels_last_kernels_match_torch(blocking, monkeypatch, path,
     blocking(threads)
     kernel, stride, padding, dilation, ceil_mode = POOL_CASES[case]
     rng = np.random.default_rng(5)
-    shape = (3, pooling.JIT_MIN_CHANNELS + 1, 8, 6)
+    shape = ((3, pooling.JIT_MIN_CHANNELS + 1, 8, 6) if layout == "channels_last"
+             else (3, 2, 7, pooling.JIT_MIN_WIDTH + 3))
     if values == "random":
         x = rng.standard_normal(shape)
     elif values == "ties and NaN":  # few distinct values (the first maximum wins); the last NaN wins
@@ -935,50 +940,10 @@ def test_max_pool_channels_last_kernels_match_torch(blocking, monkeypatch, path,
     else:  # windows whose real values are all -inf: PyTorch picks their first real element, not padding
         x = np.where(rng.random(shape) < 0.85, -np.inf, rng.standard_normal(shape))
     args = (kernel, stride, padding, dilation, ceil_mode)
-    check_op("max_pool2d (channels-last, " + path + ")",
-             lambda x: F.max_pool2d(_ToChannelsLast.apply(x), *args),
+    to_layout = _ToChannelsLast.apply if layout == "channels_last" else (lambda x: x)
+    check_op(f"max_pool2d ({layout}, {path})", lambda x: F.max_pool2d(to_layout(x), *args),
              lambda x: torch.nn.functional.max_pool2d(x, *args), [x], dtype)
     assert seen == [path == "numba"]
-
-
-@pytest.mark.parametrize("path", ["numpy", "numba"])
-@pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("case", list(POOL_CASES))
-@pytest.mark.parametrize("values", ["random", "ties and NaN", "-inf"])
-def test_max_pool_channels_first_kernels_match_torch(blocking, monkeypatch, path, threads, case, values, dtype):
-    """NCHW memory (rows contiguous): the compiled loops along rows, or NumPy's taps."""
-    from cnnlab.functional import pooling
-    from cnnlab.kernels import jit
-    if path == "numba" and not jit.available():
-        pytest.skip("Numba is not installed (the fast extra)")
-    if path == "numpy":
-        monkeypatch.setattr(pooling, "_jit_planes", lambda x: None)
-    seen = []
-    jit_planes = pooling._jit_planes
-    monkeypatch.setattr(pooling, "_jit_planes", lambda x: seen.append(jit_planes(x) is not None) or jit_planes(x))
-    empty = np.empty
-
-    def poisoned_empty(shape, dtype=float, *args, **kwargs):   # garbage where a kernel skips an element
-        a = empty(shape, dtype, *args, **kwargs)
-        a[...] = np.nan if np.dtype(dtype).kind == "f" else 77
-        return a
-
-    monkeypatch.setattr(pooling.np, "empty", poisoned_empty)
-    blocking(threads)
-    kernel, stride, padding, dilation, ceil_mode = POOL_CASES[case]
-    rng = np.random.default_rng(6)
-    shape = (3, 2, 7, pooling.JIT_MIN_WIDTH + 3)
-    if values == "random":
-        x = rng.standard_normal(shape)
-    elif values == "ties and NaN":
-        x = rng.integers(0, 3, shape).astype(float)
-        x[rng.random(shape) < 0.1] = np.nan
-    else:
-        x = np.where(rng.random(shape) < 0.85, -np.inf, rng.standard_normal(shape))
-    args = (kernel, stride, padding, dilation, ceil_mode)
-    check_op("max_pool2d (channels-first, " + path + ")", lambda x: F.max_pool2d(x, *args),
-             lambda x: torch.nn.functional.max_pool2d(x, *args), [x], dtype)
-    assert seen and all(s == (path == "numba") for s in seen)
 
 
 def test_reuse_freed_memory_stops_page_faults_on_repeated_big_arrays():

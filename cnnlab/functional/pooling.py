@@ -91,8 +91,8 @@ class MaxPool2dFunction(Function):
         planes = k is None and _jit_planes(x) is not None
         if planes:         # channels-first memory: compiled loops along the rows
             k = jit.kernels()
-            out = np.empty(win.shape[:4], x.dtype)                       # N C Ho Wo, as x
-            arg = np.empty(win.shape[:4], _arg_dtype(kernel))
+            out = empty_in_order(win.shape[:4], (0, 1, 2, 3), x.dtype)   # N C Ho Wo, as x
+            arg = empty_in_order(win.shape[:4], (0, 1, 2, 3), _arg_dtype(kernel))
             parallel.run(parallel.split(out), lambda lo, hi, acc: k.max_pool_forward_planes(
                 xp[lo:hi], *kernel, *stride, *dilation, out[lo:hi], arg[lo:hi]), blas=False)
         elif k is not None:  # one compiled pass (kernels.jit), per block of the batch on cnnlab's threads
@@ -128,7 +128,7 @@ class MaxPool2dFunction(Function):
         # the windows cover the padded input exactly once: every element of dxp is written
         tiles = dilation == (1, 1) and stride == kernel and xp_shape[2:] == (ho * kh, wo * kw)
         if planes:
-            dxp = np.empty(xp_shape, grad.dtype)                        # N C Hp Wp, as x
+            dxp = empty_in_order(xp_shape, (0, 1, 2, 3), grad.dtype)    # N C Hp Wp, as x
             grad = np.ascontiguousarray(grad)
             parallel.run(parallel.split(grad), lambda lo, hi, acc: k.max_pool_backward_planes(
                 grad[lo:hi], arg[lo:hi], kh, kw, *stride, *dilation, dxp[lo:hi]), blas=False)
@@ -206,6 +206,7 @@ def _minus_inf_to_first_real(out, arg, kernel, stride, dilation, pads) -> None:
 # below this many channels the compiled loops' innermost run is too short to beat the
 # NumPy tap loops (measured: 6 channels slower, 16 faster)
 JIT_MIN_CHANNELS = 8
+# the same bound for the rows of channels-first memory (not measured on its own)
 JIT_MIN_WIDTH = 8
 
 
