@@ -246,7 +246,30 @@ def _build():
                             for ch in range(c):
                                 dxp[b, r, q, ch] += d[b, i, j, u, v, ch]
 
-    return types.SimpleNamespace(col2im=col2im, channel_sums=channel_sums, centered_square_sums=centered_square_sums,
+    @jit
+    def col2im_planes(d, sh, sw, dh, dw, dxp):
+        """:func:`col2im` for the planes layout of few-channel layers: d (N, C, KH, KW, Ho,
+        Wo), one output-sized plane per tap, into dxp (N, C, Hp, Wp), each plane added
+        along rows, which vectorises for stride 1 (C = 3: 27 -> 4.7 us an image)."""
+        dxp[...] = 0
+        n, c, kh, kw, ho, wo = d.shape
+        for b in range(n):
+            for ch in range(c):
+                for u in range(kh):
+                    for v in range(kw):
+                        for i in range(ho):
+                            row = dxp[b, ch, i * sh + u * dh]
+                            src = d[b, ch, u, v, i]
+                            if sw == 1:      # a unit stride the compiler can see
+                                dst = row[v * dw:v * dw + wo]
+                                for j in range(wo):
+                                    dst[j] += src[j]
+                            else:
+                                for j in range(wo):
+                                    row[v * dw + j * sw] += src[j]
+
+    return types.SimpleNamespace(col2im=col2im, col2im_planes=col2im_planes, channel_sums=channel_sums,
+                                 centered_square_sums=centered_square_sums,
                                  normalize=normalize, grad_sums=grad_sums, input_grad=input_grad,
                                  max_pool_forward=max_pool_forward, max_pool_backward=max_pool_backward,
                                  max_pool_forward_planes=max_pool_forward_planes,
