@@ -310,17 +310,19 @@ def _avg_divisors(n, kernel, stride, pad, out, count_include_pad):
 
 class AvgPool2dFunction(Function):
     """Mean over each window (divided by ``divisor``, one per output position); backward
-    spreads each output's gradient evenly over its window. Like max pooling, both passes
-    loop over the KH*KW window taps (strided views), keeping the input's memory layout."""
+    spreads each output's gradient evenly over its window. Separable, like max pooling's
+    inference (:func:`_separable_max`): the window sums are sums over KW columns of sums
+    down KH rows, KH + KW passes instead of KH*KW output-sized ones, and backward spreads
+    across the columns, then down the rows (3x3/2 on 128x32x32x32, forward + backward at
+    2 threads: 25.3 -> ... ms). Strided views throughout keep the input's memory layout."""
 
     @staticmethod
     def forward(ctx, x, *, kernel, stride, pads, divisor):
         xp = pad2d(x, pads, order="K")
-        win = windows(xp, kernel, stride)                              # N C Ho Wo KH KW, a view
-        kh, kw = kernel
-        out = win[..., 0, 0].copy(order="K")
-        for t in range(1, kh * kw):
-            out += win[..., t // kw, t % kw]
+        (kh, kw), (sh, sw) = kernel, stride
+        ho, wo = out_size(xp.shape[2], kh, sh), out_size(xp.shape[3], kw, sw)
+        rows = _sum_of([xp[:, :, u:u + sh * (ho - 1) + 1:sh] for u in range(kh)])          # N C Ho Wp
+        out = _sum_of([rows[..., v:v + sw * (wo - 1) + 1:sw] for v in range(kw)])          # N C Ho Wo
         out /= divisor
         ctx.meta = (x.shape, xp.shape, kernel, stride, pads, divisor, axis_order(x))
         return out
@@ -328,18 +330,24 @@ class AvgPool2dFunction(Function):
     @staticmethod
     def backward(ctx, grad):
         x_shape, xp_shape, kernel, stride, pads, divisor, order = ctx.meta
-        kh, kw = kernel
+        (kh, kw), (sh, sw) = kernel, stride
         share = in_order(grad / divisor, order)     # in the input's layout, as for max pooling
+        n, c, ho, wo = share.shape
+        cols = empty_in_order((n, c, ho, xp_shape[3]), order, grad.dtype, zeros=True)      # N C Ho Wp
+        for v in range(kw):
+            cols[..., v:v + sw * (wo - 1) + 1:sw] += share
         dxp = empty_in_order(xp_shape, order, grad.dtype, zeros=True)
-        dwin = windows(dxp, kernel, stride, writeable=True)
-        overlap = stride[0] < kh or stride[1] < kw
-        for t in range(kh * kw):
-            target = dwin[..., t // kw, t % kw]      # one tap's view never repeats an element
-            if overlap:
-                target += share
-            else:
-                target[...] = share
+        for u in range(kh):
+            dxp[:, :, u:u + sh * (ho - 1) + 1:sh] += cols
         return (pad2d_backward(dxp, x_shape, pads),)
+
+
+def _sum_of(views):
+    """The elementwise sum of same-shaped views, in order, as a new array in their layout."""
+    out = np.add(views[0], views[1]) if len(views) > 1 else views[0].copy(order="K")
+    for v in views[2:]:
+        out += v
+    return out
 
 
 @_batched
