@@ -314,7 +314,7 @@ class AvgPool2dFunction(Function):
     inference (:func:`_separable_max`): the window sums are sums over KW columns of sums
     down KH rows, KH + KW passes instead of KH*KW output-sized ones, and backward spreads
     across the columns, then down the rows (3x3/2 on 128x32x32x32, forward + backward at
-    2 threads: 25.3 -> ... ms). Strided views throughout keep the input's memory layout."""
+    2 threads: 25.9 -> 22.0 ms; PyTorch 9.8). Strided views throughout keep the input's memory layout."""
 
     @staticmethod
     def forward(ctx, x, *, kernel, stride, pads, divisor):
