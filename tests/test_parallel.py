@@ -900,15 +900,18 @@ POOL_CASES = {  # kernel, stride, padding, dilation, ceil_mode
 }
 
 
+@pytest.mark.parametrize("op", ["max", "avg"])
 @pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("path", ["numpy", "numba"])
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("case", list(POOL_CASES))
 @pytest.mark.parametrize("values", ["random", "ties and NaN", "-inf"])
-def test_max_pool_kernels_match_torch(blocking, monkeypatch, layout, path, threads, case, values, dtype):
+def test_pool_kernels_match_torch(blocking, monkeypatch, op, layout, path, threads, case, values, dtype):
     """The compiled loops (along channels for channels-last memory, along rows for
-    NCHW memory) and NumPy's tap loops."""
+    NCHW memory) and NumPy's passes, for max and average pooling."""
     from cnnlab.functional import pooling
+    if op == "avg" and POOL_CASES[case][3] != 1:
+        pytest.skip("average pooling has no dilation")
     from cnnlab.kernels import jit
     if path == "numba" and not jit.available():
         pytest.skip("Numba is not installed (the fast extra)")
@@ -939,10 +942,11 @@ def test_max_pool_kernels_match_torch(blocking, monkeypatch, layout, path, threa
         x[rng.random(shape) < 0.1] = np.nan
     else:  # windows whose real values are all -inf: PyTorch picks their first real element, not padding
         x = np.where(rng.random(shape) < 0.85, -np.inf, rng.standard_normal(shape))
-    args = (kernel, stride, padding, dilation, ceil_mode)
+    args = (kernel, stride, padding, dilation, ceil_mode) if op == "max" else (kernel, stride, padding, ceil_mode)
     to_layout = _ToChannelsLast.apply if layout == "channels_last" else (lambda x: x)
-    check_op(f"max_pool2d ({layout}, {path})", lambda x: F.max_pool2d(to_layout(x), *args),
-             lambda x: torch.nn.functional.max_pool2d(x, *args), [x], dtype)
+    ours, theirs = getattr(F, f"{op}_pool2d"), getattr(torch.nn.functional, f"{op}_pool2d")
+    check_op(f"{op}_pool2d ({layout}, {path})", lambda x: ours(to_layout(x), *args),
+             lambda x: theirs(x, *args), [x], dtype)
     assert seen == [path == "numba"]
 
 

@@ -7,8 +7,10 @@ passes forward (mean, variance, normalise) and two backward (sums, then the inpu
 gradient), one row (a position's C channels, channels-last) at a time. Max pooling
 with its arg-max is another: five NumPy operations per window tap forward and two
 backward become one pass each way. col2im is the third: a strided add per kernel tap,
-each only C values long at a time, becomes one scatter-add pass. A fused ReLU's mask
-rides along in the batch-norm passes.
+each only C values long at a time, becomes one scatter-add pass. Average pooling is the
+fourth: one pass each way over the unpadded input, each window clipped to it, where
+NumPy pads a copy and sums rows, then columns. A fused ReLU's mask rides along in the
+batch-norm passes.
 
 Numba is the ``fast`` extra. Without it, or with ``CNNLAB_JIT=0`` in the environment,
 :func:`kernels` returns None and callers keep their NumPy code, which stays the
@@ -229,6 +231,104 @@ def _build():
                         dxp[b, ch, i * sh + u * dh, j * sw + (t - u * kw) * dw] += g[b, ch, i, j]
 
     @jit
+    def avg_pool_forward(x, kh, kw, sh, sw, top, left, div, out):
+        """Average pooling on (N, H, W, C)-indexed arrays (channels-last memory) of the
+        unpadded input: each output's taps inside the input summed in order, row by row
+        (the zero padding adds nothing, so it is never built: a window's rows and
+        columns are clipped to the input before the loops), then divided by its divisor
+        ``div`` (Ho, Wo). One pass, channels innermost."""
+        n, ho, wo, c = out.shape
+        h, w = x.shape[1], x.shape[2]
+        for b in range(n):
+            for i in range(ho):
+                r0 = i * sh - top
+                u0, u1 = max(0, -r0), min(kh, h - r0)
+                for j in range(wo):
+                    q0 = j * sw - left
+                    v0, v1 = max(0, -q0), min(kw, w - q0)
+                    o = out[b, i, j]
+                    for ch in range(c):
+                        o[ch] = 0
+                    for u in range(u0, u1):
+                        for v in range(v0, v1):
+                            src = x[b, r0 + u, q0 + v]
+                            for ch in range(c):
+                                o[ch] += src[ch]
+                    d = div[i, j]
+                    for ch in range(c):
+                        o[ch] /= d
+
+    @jit
+    def avg_pool_backward(g, kh, kw, sh, sw, top, left, div, dx):
+        """dx = 0, then each output's gradient divided by its divisor and added to every
+        tap of its window inside the input; channels-last, channels innermost."""
+        dx[...] = 0
+        n, ho, wo, c = g.shape
+        h, w = dx.shape[1], dx.shape[2]
+        for b in range(n):
+            for i in range(ho):
+                r0 = i * sh - top
+                u0, u1 = max(0, -r0), min(kh, h - r0)
+                for j in range(wo):
+                    q0 = j * sw - left
+                    v0, v1 = max(0, -q0), min(kw, w - q0)
+                    src = g[b, i, j]
+                    d = div[i, j]
+                    for u in range(u0, u1):
+                        for v in range(v0, v1):
+                            dst = dx[b, r0 + u, q0 + v]
+                            for ch in range(c):
+                                dst[ch] += src[ch] / d
+
+    @jit
+    def avg_pool_forward_planes(x, kh, kw, sh, sw, top, left, div, out):
+        """:func:`avg_pool_forward` for channels-first memory, rows innermost: one output
+        at a time, its sum in a register."""
+        n, c, ho, wo = out.shape
+        h, w = x.shape[2], x.shape[3]
+        for b in range(n):
+            for ch in range(c):
+                for i in range(ho):
+                    r0 = i * sh - top
+                    u0, u1 = max(0, -r0), min(kh, h - r0)
+                    o = out[b, ch, i]
+                    for j in range(wo):
+                        q0 = j * sw - left
+                        v0, v1 = max(0, -q0), min(kw, w - q0)
+                        d = div[i, j]
+                        s = d - d           # a zero of the input's float type
+                        for u in range(u0, u1):
+                            row = x[b, ch, r0 + u]
+                            for v in range(v0, v1):
+                                s += row[q0 + v]
+                        o[j] = s / d
+
+    @jit
+    def avg_pool_backward_planes(g, kh, kw, sh, sw, top, left, div, dx):
+        """:func:`avg_pool_backward` for channels-first memory: per output row, its
+        shares (gradient / divisor) worked out once, then added tap by tap along the
+        input's rows, each tap's run of outputs clipped to the input beforehand."""
+        dx[...] = 0
+        n, c, ho, wo = g.shape
+        h, w = dx.shape[2], dx.shape[3]
+        share = np.empty(wo, dx.dtype)
+        for b in range(n):
+            for ch in range(c):
+                for i in range(ho):
+                    gi, di = g[b, ch, i], div[i]
+                    for j in range(wo):
+                        share[j] = gi[j] / di[j]
+                    r0 = i * sh - top
+                    for u in range(max(0, -r0), min(kh, h - r0)):
+                        row = dx[b, ch, r0 + u]
+                        for v in range(kw):
+                            q = v - left                       # column of output j: j * sw + q
+                            j0 = max(0, (-q + sw - 1) // sw)
+                            j1 = min(wo, (w - 1 - q) // sw + 1)
+                            for j in range(j0, j1):
+                                row[j * sw + q] += share[j]
+
+    @jit
     def col2im(d, sh, sw, dh, dw, dxp):
         """dxp = 0, then each window's gradient added back where the window read from:
         d (N, Ho, Wo, KH, KW, C), one row per output position, as the product G @ W^T
@@ -273,4 +373,7 @@ def _build():
                                  normalize=normalize, grad_sums=grad_sums, input_grad=input_grad,
                                  max_pool_forward=max_pool_forward, max_pool_backward=max_pool_backward,
                                  max_pool_forward_planes=max_pool_forward_planes,
-                                 max_pool_backward_planes=max_pool_backward_planes)
+                                 max_pool_backward_planes=max_pool_backward_planes,
+                                 avg_pool_forward=avg_pool_forward, avg_pool_backward=avg_pool_backward,
+                                 avg_pool_forward_planes=avg_pool_forward_planes,
+                                 avg_pool_backward_planes=avg_pool_backward_planes)
