@@ -947,7 +947,12 @@ def test_pool_kernels_match_torch(blocking, monkeypatch, op, layout, path, threa
     ours, theirs = getattr(F, f"{op}_pool2d"), getattr(torch.nn.functional, f"{op}_pool2d")
     check_op(f"{op}_pool2d ({layout}, {path})", lambda x: ours(to_layout(x), *args),
              lambda x: theirs(x, *args), [x], dtype)
-    assert seen == [path == "numba"]
+    # channels-first max pooling takes the compiled loops only where windows overlap
+    def two(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    overlap = pooling._overlaps(two(kernel), two(stride or kernel), two(dilation))
+    compiled = path == "numba" and (op == "avg" or layout == "channels_last" or overlap)
+    assert any(seen) == compiled
 
 
 def test_reuse_freed_memory_stops_page_faults_on_repeated_big_arrays():

@@ -88,8 +88,10 @@ class MaxPool2dFunction(Function):
             return _separable_max(xp, kernel, stride, dilation)
         win = windows(xp, kernel, stride, dilation)                     # N C Ho Wo KH KW, a view
         k = _jit_kernels(x)
-        planes = k is None and _jit_planes(x) is not None
-        if planes:         # channels-first memory: compiled loops along the rows
+        # channels-first memory: compiled loops along the rows where windows overlap (for
+        # tiles the tap loops below are as fast: 2x2 on 128x64x24x24, 6.9 against 7.3 ms)
+        planes = k is None and _overlaps(kernel, stride, dilation) and _jit_planes(x) is not None
+        if planes:
             k = jit.kernels()
             out = empty_in_order(win.shape[:4], (0, 1, 2, 3), x.dtype)   # N C Ho Wo, as x
             arg = empty_in_order(win.shape[:4], (0, 1, 2, 3), _arg_dtype(kernel))
@@ -141,8 +143,7 @@ class MaxPool2dFunction(Function):
             return (pad2d_backward(dxp, x_shape, pads),)
         dxp = empty_in_order(xp_shape, order, grad.dtype)
         dwin = windows(dxp, kernel, stride, dilation, writeable=True)
-        # windows share inputs if a stride is shorter than the (dilated) window
-        overlap = stride[0] < dilation[0] * (kh - 1) + 1 or stride[1] < dilation[1] * (kw - 1) + 1
+        overlap = _overlaps(kernel, stride, dilation)
         hit = np.empty_like(grad) if overlap else None
         is_t = np.empty_like(arg, dtype=bool)
 
@@ -217,6 +218,11 @@ def _jit_kernels(x):
             or x.shape[1] < JIT_MIN_CHANNELS):
         return None
     return jit.kernels()
+
+
+def _overlaps(kernel, stride, dilation) -> bool:
+    """Whether windows share inputs: a stride shorter than the (dilated) window."""
+    return any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
 
 
 def _jit_planes(x):
