@@ -58,7 +58,7 @@ def kernels():
                         built = _build()
                     except Exception as e:  # noqa: BLE001 - e.g. a Numba too old for this NumPy
                         warnings.warn(f"cnnlab: Numba kernels unavailable ({type(e).__name__}: {e}); batch norm, "
-                                      "max pooling and col2im run on NumPy", RuntimeWarning, stacklevel=2)
+                                      "pooling and col2im run on NumPy", RuntimeWarning, stacklevel=2)
                 _kernels = built
     return _kernels or None
 
