@@ -60,10 +60,6 @@ def _accumulate(total: np.ndarray, grad: np.ndarray, value: np.ndarray) -> np.nd
     return parallel.elementwise(np.add, total, grad, out=out)
 
 
-# CPython counts references exactly; elsewhere a leaf's gradient is always copied
-_COUNTS_REFERENCES = sys.implementation.name == "cpython"
-
-
 def _sole_owner(a: np.ndarray) -> bool:
     """Whether the caller's one variable is all that holds ``a`` and its memory, so a
     leaf may keep ``a`` as its ``.grad`` without copying it, as PyTorch's AccumulateGrad
@@ -72,18 +68,50 @@ def _sole_owner(a: np.ndarray) -> bool:
     channels-last input gradient seen as NCHW) which nothing else references. Anything
     else (an op's array returned to two inputs, a view of the caller's own ``grad``,
     broadcast or read-only arrays) is copied: a later in-place update of the ``.grad``
-    must not reach another array."""
-    if not (_COUNTS_REFERENCES and type(a) is np.ndarray and a.flags.writeable):
+    must not reach another array. The reference counts this reads are calibrated at
+    import (:func:`_calibrate`), since interpreters count borrowed references apart."""
+    if _SOLE is None or type(a) is not np.ndarray or not a.flags.writeable:
         return False
-    # references to a: the caller's variable, this parameter and getrefcount's argument
-    if sys.getrefcount(a) > 3:
+    if sys.getrefcount(a) > _SOLE[0]:
         return False
     base = a.base
     if base is None:
         return a.flags.c_contiguous or a.flags.f_contiguous
-    # references to base: a's, the local variable, getrefcount's argument
     return (type(base) is np.ndarray and base.base is None and base.flags.c_contiguous
-            and base.nbytes == a.nbytes and sys.getrefcount(base) <= 3)
+            and base.nbytes == a.nbytes and sys.getrefcount(base) <= _SOLE[1])
+
+
+def _calibrate():
+    """The counts :func:`_sole_owner` reads for an array that only its caller's variable
+    holds, and for the base of a view that only the view holds, each taken in a function
+    built like it; None (always copy) unless one more holder reads one more, as on
+    CPython, whose counts (and their borrowed references, 3.14 on) this follows."""
+    if sys.implementation.name != "cpython":
+        return None
+
+    def count(a):                       # caller's variable -> this parameter -> getrefcount
+        if type(a) is not np.ndarray:
+            return 0
+        return sys.getrefcount(a)
+
+    def count_base(v):                  # a view's base, as _sole_owner reaches it
+        base = v.base
+        return sys.getrefcount(base)
+
+    a = np.empty(1)
+    sole = count(a)
+    b = a
+    shared = count(a)
+    del b
+    v = np.empty(2)[:]
+    base_sole = count_base(v)
+    w = v.base
+    base_shared = count_base(v)
+    del w
+    return (sole, base_sole) if shared == sole + 1 and base_shared == base_sole + 1 else None
+
+
+_SOLE = _calibrate()
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:

@@ -487,6 +487,9 @@ def _data_pointer(a):
 def test_leaf_keeps_a_gradient_nothing_else_holds(layout):
     """As PyTorch's AccumulateGrad does: no copy of an input-sized gradient (a
     saliency map's, a layer benchmark's) when no one else can reach its memory."""
+    from cnnlab import autograd
+    if autograd._SOLE is None:
+        pytest.skip("this interpreter's reference counts are not exact: gradients are always copied")
     def make(g):
         return g * 2.0 if layout == "c" else np.ascontiguousarray((g * 2.0).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     x = Tensor(randn(60, 2, 3, 4, 5), requires_grad=True)

@@ -459,6 +459,27 @@ def test_workers_let_go_of_a_finished_run(blocking):
     assert alive() is None
 
 
+@pytest.mark.parametrize("channels, filters", [(2, 6), (16, 16)], ids=["planes", "by_rows"])
+def test_conv_input_gradient_keeps_the_input_layout_and_a_wider_dtype(blocking, channels, filters):
+    """The input gradient lies in memory as the input does (channels-last input:
+    channels-last gradient, as PyTorch gives), whichever path ran, and a float64 upstream
+    gradient gives float64 gradients on every path."""
+    blocking(2)
+    rng = np.random.default_rng(3)
+    x = np.ascontiguousarray(rng.standard_normal((3, 12, 12, channels), dtype=np.float32)).transpose(0, 3, 1, 2)
+    w = rng.standard_normal((filters, channels, 3, 3), dtype=np.float32)
+    g = rng.standard_normal((3, filters, 12, 12))
+    xt, wt = cnnlab.Tensor(x, requires_grad=True), cnnlab.Tensor(w, requires_grad=True)
+    y = F.conv2d(xt, wt, padding=1)
+    (y + cnnlab.Tensor(np.zeros(y.shape))).backward(g)                              # float64 from here on
+    assert xt.grad.strides[1] == xt.grad.itemsize                                     # channels-last memory
+    assert xt.grad.dtype == np.float64 and wt.grad.dtype == np.float64
+    ref_x, ref_w = (torch.from_numpy(a.astype(np.float64)).requires_grad_() for a in (x, w))
+    torch.nn.functional.conv2d(ref_x, ref_w, padding=1).backward(torch.from_numpy(g))
+    np.testing.assert_allclose(xt.grad, ref_x.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(wt.grad, ref_w.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_workspace_is_reused_per_slot_and_large_arrays_are_not_kept():
     a = parallel.workspace(5, (4, 4), np.float32)
     b = parallel.workspace(5, (2, 8), np.float32)

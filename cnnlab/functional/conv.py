@@ -65,7 +65,7 @@ import numpy as np
 
 from .._errors import InputError, check_float, check_rank, pair
 from ..kernels import add_windows, jit, out_size, pad2d, pad2d_backward, parallel, windows
-from ..kernels.padding import MODES as PADDING_MODES
+from ..kernels.padding import MODES as PADDING_MODES, axis_order, empty_in_order
 from ..autograd import Function, as_tensor as _as_tensor, is_grad_enabled, unbroadcast
 
 
@@ -269,14 +269,14 @@ class Conv2dFunction(Function):
         parallel.run(split, block, flops=2 * n * ho * wo * kh * kw * cg * f)
         ctx.save_for_backward(xp, wmat, out if relu else None)
         ctx.meta = (x.shape, w.shape, None if b is None else b.ndim, stride, pads, dilation, groups, padding_mode,
-                    planes, by_rows, per_image, residual is not None, unpadded)
+                    planes, by_rows, per_image, residual is not None, unpadded, axis_order(x))
         return out.transpose(0, 3, 1, 2)                                            # NCHW view of NHWC memory
 
     @staticmethod
     def backward(ctx, grad):
         xp, wmat, relu_out = ctx.saved_tensors
         (x_shape, w_shape, b_ndim, stride, pads, dilation, g, padding_mode, planes, by_rows, per_image,
-         has_residual, unpadded) = ctx.meta
+         has_residual, unpadded, x_order) = ctx.meta
         n, c, h, wd = x_shape
         f, cg, kh, kw = w_shape
         fg = f // g
@@ -305,8 +305,8 @@ class Conv2dFunction(Function):
                                        else ((0, hp), (0, wp)))
         if k is not None and planes:   # rows ordered (c, kh, kw), as the planes layout's columns
             wplanes = wmat[0].reshape(kh, kw, c, f).transpose(2, 0, 1, 3).reshape(c * kh * kw, f)
-            if need_dx:                  # and the input gradient channels-first, like the columns
-                dx = np.empty((n, c, h, wd), grad.dtype)
+            if need_dx:                  # and the input gradient NCHW, in the input's memory layout
+                dx = empty_in_order((n, c, h, wd), x_order, grad.dtype)
         elif k is not None:
             wall = np.ascontiguousarray(wmat[0].T)                                   # F, KH*KW*C
         shared = _shares_gather_columns(gather, by_rows, padding_mode, need_dx)
@@ -687,7 +687,7 @@ def _weight_grad_from_gather(x, gcols, kernel, dilation):
     nb, hw, c = x.shape
     h, wd = hw // gcols.shape[2], gcols.shape[2]
     f = gcols.shape[-1] // kw
-    grad_w = np.empty((kh, kw, c, f), x.dtype)
+    grad_w = np.empty((kh, kw, c, f), np.result_type(x, gcols))   # a float64 gradient stays so
     xt = x.transpose(0, 2, 1)
     for u in range(kh):                    # u is u', the flipped kernel row
         m = np.sum(np.matmul(xt, gcols[:, u * dh:u * dh + h].reshape(nb, h * wd, kw * f)), axis=0)   # C, KW*F
