@@ -231,6 +231,13 @@ def _build():
                         dxp[b, ch, i * sh + u * dh, j * sw + (t - u * kw) * dw] += g[b, ch, i, j]
 
     @jit
+    def clipped(i, s, pad, k, n):
+        """Output i's window along one axis (stride s, padding pad, k taps, n inputs):
+        its first input position, and the range of its taps that fall inside the input."""
+        start = i * s - pad
+        return start, max(0, -start), min(k, n - start)
+
+    @jit
     def avg_pool_forward(x, kh, kw, sh, sw, top, left, div, out):
         """Average pooling on (N, H, W, C)-indexed arrays (channels-last memory) of the
         unpadded input: each output's taps inside the input summed in order, row by row
@@ -241,11 +248,9 @@ def _build():
         h, w = x.shape[1], x.shape[2]
         for b in range(n):
             for i in range(ho):
-                r0 = i * sh - top
-                u0, u1 = max(0, -r0), min(kh, h - r0)
+                r0, u0, u1 = clipped(i, sh, top, kh, h)
                 for j in range(wo):
-                    q0 = j * sw - left
-                    v0, v1 = max(0, -q0), min(kw, w - q0)
+                    q0, v0, v1 = clipped(j, sw, left, kw, w)
                     o = out[b, i, j]
                     for ch in range(c):
                         o[ch] = 0
@@ -267,11 +272,9 @@ def _build():
         h, w = dx.shape[1], dx.shape[2]
         for b in range(n):
             for i in range(ho):
-                r0 = i * sh - top
-                u0, u1 = max(0, -r0), min(kh, h - r0)
+                r0, u0, u1 = clipped(i, sh, top, kh, h)
                 for j in range(wo):
-                    q0 = j * sw - left
-                    v0, v1 = max(0, -q0), min(kw, w - q0)
+                    q0, v0, v1 = clipped(j, sw, left, kw, w)
                     src = g[b, i, j]
                     d = div[i, j]
                     for u in range(u0, u1):
@@ -289,12 +292,10 @@ def _build():
         for b in range(n):
             for ch in range(c):
                 for i in range(ho):
-                    r0 = i * sh - top
-                    u0, u1 = max(0, -r0), min(kh, h - r0)
+                    r0, u0, u1 = clipped(i, sh, top, kh, h)
                     o = out[b, ch, i]
                     for j in range(wo):
-                        q0 = j * sw - left
-                        v0, v1 = max(0, -q0), min(kw, w - q0)
+                        q0, v0, v1 = clipped(j, sw, left, kw, w)
                         d = div[i, j]
                         s = d - d           # a zero of the input's float type
                         for u in range(u0, u1):
