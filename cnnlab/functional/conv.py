@@ -285,7 +285,7 @@ class Conv2dFunction(Function):
         _, _, ho, wo = grad.shape
         need_dx, need_dw = ctx.needs_input_grad[:2]
         need_db = b_ndim is not None and ctx.needs_input_grad[2]
-        dx = np.empty((n, h, wd, c), grad.dtype) if need_dx else None               # N H W C
+        dx = None    # N H W C, or for the compiled planes col2im N C H W in the input's layout (below)
         # the residual's gradient: the output's, through the ReLU's mask when there is one
         dres = None
         if has_residual and ctx.needs_input_grad[3]:
@@ -304,12 +304,14 @@ class Conv2dFunction(Function):
             # zeros padding: only the unpadded part of the padded input's gradient is needed
             (r0, rows), (c0, cols_) = (((pads[0], h), (pads[2], wd)) if padding_mode == "zeros"
                                        else ((0, hp), (0, wp)))
-        if k is not None and planes:   # rows ordered (c, kh, kw), as the planes layout's columns
+        dx_planes = k is not None and planes
+        if dx_planes:   # rows ordered (c, kh, kw), as the planes layout's columns
             wplanes = wmat[0].reshape(kh, kw, c, f).transpose(2, 0, 1, 3).reshape(c * kh * kw, f)
-            if need_dx:                  # and the input gradient NCHW, in the input's memory layout
-                dx = empty_in_order((n, c, h, wd), x_order, grad.dtype)
         elif k is not None:
             wall = np.ascontiguousarray(wmat[0].T)                                   # F, KH*KW*C
+        if need_dx:
+            dx = (empty_in_order((n, c, h, wd), x_order, grad.dtype) if dx_planes
+                  else np.empty((n, h, wd, c), grad.dtype))
         shared = _shares_gather_columns(gather, by_rows, padding_mode, need_dx)
         top, left = pads[0], pads[2]
 
@@ -370,7 +372,7 @@ class Conv2dFunction(Function):
                     np.matmul(gcols, wflip, out=dx[lo:hi].reshape(-1, g, cg).transpose(1, 0, 2))
                     return
                 dxp = np.matmul(gcols, wflip).transpose(1, 0, 2).reshape(nb, hp, wp, c)
-            elif k is not None and planes:   # few channels: the same plane by plane, rows innermost
+            elif dx_planes:   # few channels: the same plane by plane, rows innermost
                 # (the ResNet-20 stem's input gradient: 44 -> 25 us an image on one thread)
                 dcols = parallel.workspace(3, (nb, c * kh * kw, ho * wo), grad.dtype)
                 np.matmul(wplanes, gm[0].reshape(nb, ho * wo, f).transpose(0, 2, 1), out=dcols)
@@ -414,7 +416,7 @@ class Conv2dFunction(Function):
             db = db if b_ndim == 1 else db.transpose(2, 0, 1)                       # untied: back to (F, Ho, Wo)
         if dres is not None and relu_out is not None:
             dres = dres.transpose(0, 3, 1, 2)
-        if dx is not None and not (k is not None and planes):
+        if dx is not None and not dx_planes:
             dx = dx.transpose(0, 3, 1, 2)                                             # NCHW view of NHWC
         return dx, dw, db, dres
 
