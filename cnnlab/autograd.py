@@ -90,8 +90,6 @@ def _calibrate():
         return None
 
     def count(a):                       # caller's variable -> this parameter -> getrefcount
-        if type(a) is not np.ndarray:
-            return 0
         return sys.getrefcount(a)
 
     def count_base(v):                  # a view's base, as _sole_owner reaches it

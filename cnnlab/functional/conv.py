@@ -247,8 +247,7 @@ class Conv2dFunction(Function):
                 if unpadded:                 # the kept copy, contiguous, then padded from cache
                     np.copyto(xp[lo:hi], xv[lo:hi])
                 if padding_mode == "zeros":  # padding on the block's thread, so im2col reads it from cache
-                    _zero_border(xpb, pads)
-                    xpb[:, top:top + h, left:left + wd] = xp[lo:hi] if unpadded else xv[lo:hi]
+                    _pad_with_zeros(xpb, xp[lo:hi] if unpadded else xv[lo:hi], pads)
                 else:
                     xpb[...] = pad2d(xv[lo:hi], pads, padding_mode, axes=(1, 2))
             out_b = out[lo:hi]
@@ -313,7 +312,6 @@ class Conv2dFunction(Function):
             dx = (empty_in_order((n, c, h, wd), x_order, grad.dtype) if dx_planes
                   else np.empty((n, h, wd, c), grad.dtype))
         shared = _shares_gather_columns(gather, by_rows, padding_mode, need_dx)
-        top, left = pads[0], pads[2]
 
         def block(lo, hi, acc):
             nb = hi - lo
@@ -338,8 +336,7 @@ class Conv2dFunction(Function):
                 xpb = xp[lo:hi]
                 if unpadded and pads != (0, 0, 0, 0):   # kept unpadded: padded here, into cache
                     xpb = parallel.workspace(5, (nb, hp, wp, c), grad.dtype)
-                    _zero_border(xpb, pads)
-                    xpb[:, top:top + h, left:left + wd] = xp[lo:hi]
+                    _pad_with_zeros(xpb, xp[lo:hi], pads)
                 parallel.add_to(acc, "dw", _weight_grad_by_rows(xpb, gm[0], ho, (kh, kw), dilation))
             elif need_dw:
                 cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0, planes=planes)
@@ -352,8 +349,7 @@ class Conv2dFunction(Function):
                 return
             if gather:
                 gp = parallel.workspace(2, (nb, ho + 2 * reach_h, wo + 2 * reach_w, f), grad.dtype)
-                _zero_border(gp, (reach_h, reach_h, reach_w, reach_w))
-                gp[:, reach_h:reach_h + ho, reach_w:reach_w + wo] = gb
+                _pad_with_zeros(gp, gb, (reach_h, reach_h, reach_w, reach_w))
                 gp = gp[:, r0:r0 + rows + reach_h, c0:c0 + cols_ + reach_w]
                 if shared:
                     gcols = _row_cols(gp, kw, dilation[1], slot=0)
@@ -748,9 +744,9 @@ def _im2col_windows(src, kernel, stride, dilation, groups, planes):
     return win.transpose(3, 0, 1, 2, 5, 6, 4)                                       # from nb Ho Wo G Cg KH KW
 
 
-def _zero_border(a, pads):
-    """Zero the outer (top, bottom, left, right) rows and columns of a (nb, H, W, C)
-    array (the inside is about to be overwritten)."""
+def _pad_with_zeros(a, src, pads):
+    """Fill the (nb, H, W, C) array ``a`` with ``src`` zero-padded by (top, bottom, left,
+    right): the border zeroed, ``src`` copied inside (a reused buffer: no full fill)."""
     top, bottom, left, right = pads
     if top:
         a[:, :top] = 0
@@ -760,6 +756,7 @@ def _zero_border(a, pads):
         a[:, :, :left] = 0
     if right:
         a[:, :, a.shape[2] - right:] = 0
+    a[:, top:a.shape[1] - bottom, left:a.shape[2] - right] = src
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,

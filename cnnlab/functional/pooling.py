@@ -173,15 +173,16 @@ def _separable_max(xp, kernel, stride, dilation):
     sign differ from PyTorch's first maximum."""
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     ho, wo = out_size(xp.shape[2], kh, sh, dh), out_size(xp.shape[3], kw, sw, dw)
-    rows = _max_of([xp[:, :, u * dh:u * dh + sh * (ho - 1) + 1:sh] for u in range(kh)])       # N C Ho Wp
-    return _max_of([rows[..., v * dw:v * dw + sw * (wo - 1) + 1:sw] for v in range(kw)])     # N C Ho Wo
+    rows = _combine(np.maximum, [xp[:, :, u * dh:u * dh + sh * (ho - 1) + 1:sh] for u in range(kh)])       # N C Ho Wp
+    return _combine(np.maximum, [rows[..., v * dw:v * dw + sw * (wo - 1) + 1:sw] for v in range(kw)])     # N C Ho Wo
 
 
-def _max_of(views):
-    """The elementwise maximum of same-shaped views, as a new array in their memory layout."""
-    out = np.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy(order="K")
+def _combine(ufunc, views):
+    """``ufunc`` (np.maximum, np.add) folded over same-shaped views in order, as a new
+    array in their memory layout."""
+    out = ufunc(views[0], views[1]) if len(views) > 1 else views[0].copy(order="K")
     for v in views[2:]:
-        np.maximum(out, v, out=out)
+        ufunc(out, v, out=out)
     return out
 
 
@@ -331,10 +332,9 @@ class AvgPool2dFunction(Function):
     @staticmethod
     def forward(ctx, x, *, kernel, stride, pads, divisor):
         (kh, kw), (sh, sw), (top, left) = kernel, stride, (pads[0], pads[2])
+        ho, wo = divisor.shape                                  # one divisor per output position
         k, planes = _avg_kernels(x)
         if k is not None:   # the unpadded input: the kernels skip taps in the padding
-            ho = out_size(x.shape[2] + pads[0] + pads[1], kh, sh)
-            wo = out_size(x.shape[3] + pads[2] + pads[3], kw, sw)
             order = (0, 1, 2, 3) if planes else (0, 2, 3, 1)
             out = empty_in_order((x.shape[0], x.shape[1], ho, wo), order, x.dtype)
             run = k.avg_pool_forward_planes if planes else k.avg_pool_forward
@@ -344,9 +344,8 @@ class AvgPool2dFunction(Function):
             ctx.meta = (x.shape, None, kernel, stride, pads, divisor, axis_order(x), k, planes)
             return out
         xp = pad2d(x, pads, order="K")
-        ho, wo = out_size(xp.shape[2], kh, sh), out_size(xp.shape[3], kw, sw)
-        rows = _sum_of([xp[:, :, u:u + sh * (ho - 1) + 1:sh] for u in range(kh)])          # N C Ho Wp
-        out = _sum_of([rows[..., v:v + sw * (wo - 1) + 1:sw] for v in range(kw)])          # N C Ho Wo
+        rows = _combine(np.add, [xp[:, :, u:u + sh * (ho - 1) + 1:sh] for u in range(kh)])          # N C Ho Wp
+        out = _combine(np.add, [rows[..., v:v + sw * (wo - 1) + 1:sw] for v in range(kw)])          # N C Ho Wo
         out /= divisor
         ctx.meta = (x.shape, xp.shape, kernel, stride, pads, divisor, axis_order(x), k, planes)
         return out
@@ -383,14 +382,6 @@ def _avg_kernels(x):
     if _jit_planes(x) is not None:
         return jit.kernels(), True
     return None, False
-
-
-def _sum_of(views):
-    """The elementwise sum of same-shaped views, in order, as a new array in their layout."""
-    out = np.add(views[0], views[1]) if len(views) > 1 else views[0].copy(order="K")
-    for v in views[2:]:
-        out += v
-    return out
 
 
 @_batched
