@@ -61,7 +61,7 @@ GEOMETRY = {
 
 
 @pytest.fixture(params=["auto", "planes+taps", "planes+taps, NumPy col2im", "windows+gather",
-                        "windows+gather, full im2col"])
+                        "windows+gather, full im2col", "windows+Winograd"])
 def layout(request, monkeypatch):
     """The automatic choices, then each im2col layout (forward and weight gradient) and
     each stride-1 input-gradient method forced, stride 1 both by kernel rows (which the
@@ -69,10 +69,15 @@ def layout(request, monkeypatch):
     runs without Numba; with Numba, col2im takes over there), so every kernel path is
     checked against PyTorch on every geometry whatever the choice rules pick for it; the
     taps' scatter-add both compiled (with Numba) and in NumPy, and few-channel products
-    both per image and per block."""
+    both per image and per block; and Winograd (with Numba) for every 3x3 stride-1
+    convolution, whatever its channels."""
     conv = cnnlab.functional.conv
     # inference plans choose their path when built: none built under another test's choice
     monkeypatch.setattr(conv._InferencePlan, "_local", threading.local())
+    if request.param.endswith("Winograd"):
+        if cnnlab.kernels.jit.kernels() is None:
+            pytest.skip("Winograd's transforms need Numba")
+        monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
     if request.param != "auto":
         planes = request.param.startswith("planes")
         monkeypatch.setattr(conv, "_planes", lambda kw, cg, wo: planes)
@@ -609,3 +614,162 @@ def test_locally_connected_with_shared_weights_is_conv2d(kw, dtype):
     wc = cnnlab.Tensor(w.copy(), requires_grad=True)
     F.conv2d(xc, wc, cnnlab.Tensor(b), **kw).backward(g)
     assert np.abs(wb.grad.sum(axis=(0, 1)) - wc.grad).max() <= tol * np.abs(wc.grad).max()
+
+
+# ----- Winograd F(2x2, 3x3) -----
+needs_numba = pytest.mark.skipif(cnnlab.kernels.jit.kernels() is None, reason="Winograd's transforms need Numba")
+
+
+def _winograd_spy(monkeypatch):
+    """Counts of the Winograd input-gradient-or-forward calls, weight-gradient calls and
+    those of each that gave up (a non-finite result, left to the direct path)."""
+    conv = cnnlab.functional.conv
+    counts = {"conv": 0, "conv gave up": 0, "weight": 0, "weight gave up": 0}
+    run_conv, run_weight = conv._winograd_conv, conv._winograd_weight_grad
+
+    def spy_conv(*args):
+        counts["conv"] += 1
+        ok = run_conv(*args)
+        counts["conv gave up"] += not ok
+        return ok
+
+    def spy_weight(*args):
+        counts["weight"] += 1
+        part = run_weight(*args)
+        counts["weight gave up"] += part is None
+        return part
+
+    monkeypatch.setattr(conv, "_winograd_conv", spy_conv)
+    monkeypatch.setattr(conv, "_winograd_weight_grad", spy_weight)
+    return counts
+
+
+# (x shape, filters, kwargs): channels at the automatic threshold and above, by kernel rows
+# and by the full im2col, odd sizes (a last tile half outside), padding 0, 2 and 3 (the
+# input gradient's tiles then start inside the gradient), other padding modes, blocks of
+# several chunks
+WINOGRAD_CASES = {
+    "resnet_like": ((3, 32, 8, 8), 32, dict(padding=1)),
+    "odd_sizes": ((2, 32, 7, 9), 40, dict(padding=1)),
+    "valid": ((2, 48, 6, 5), 32, {}),
+    "pad2": ((2, 32, 5, 4), 32, dict(padding=2)),
+    "pad3": ((2, 32, 4, 5), 32, dict(padding=(3, 1))),
+    "expanding_full_im2col": ((2, 32, 13, 26), 64, {}),
+    "reflect": ((2, 32, 9, 8), 32, dict(padding=1, padding_mode="reflect")),
+    "circular": ((2, 32, 8, 7), 48, dict(padding=1, padding_mode="circular")),
+    "replicate": ((2, 64, 7, 7), 32, dict(padding=1, padding_mode="replicate")),
+    "many_chunks": ((40, 32, 10, 10), 32, dict(padding=1)),
+}
+
+
+@needs_numba
+@pytest.mark.parametrize("case", list(WINOGRAD_CASES))
+def test_conv2d_by_winograd_matches_torch(case, dtype, monkeypatch):
+    """The automatic choice takes Winograd for these (at least WINOGRAD_MIN_CHANNELS in
+    and out): values and all three gradients within the usual tolerance, the forward, the
+    input gradient and (zero padding) the weight gradient each by Winograd."""
+    xs, f, kw = WINOGRAD_CASES[case]
+    counts = _winograd_spy(monkeypatch)
+    rng = np.random.default_rng(31)
+    arrays = [rand(rng, *xs), rand(rng, f, xs[1], 3, 3) / math.sqrt(9 * xs[1]), rand(rng, f)]
+    mode = kw.get("padding_mode", "zeros")
+    check_op("conv2d winograd", lambda x, w, b: F.conv2d(x, w, b, **kw),
+             lambda x, w, b: torch_conv_ref(x, w, b, padding=kw.get("padding", 0), padding_mode=mode), arrays, dtype)
+    threads = cnnlab.get_num_threads()
+    assert counts["conv"] >= 2 and counts["conv gave up"] == 0      # forward and input gradient
+    assert counts["weight"] == (0 if mode != "zeros" else counts["conv"] // 2) and counts["weight gave up"] == 0
+    assert counts["conv"] <= 2 * max(threads, 1) * xs[0]
+
+
+@needs_numba
+@pytest.mark.parametrize("where", ["input", "gradient"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_conv2d_by_winograd_leaves_infinities_and_nan_to_the_direct_sum(where, bad, monkeypatch):
+    """A tile's sums can turn an infinity into NaN where the direct sum keeps it infinite:
+    a non-finite result goes back to the direct path, so infinities and NaN land exactly
+    where PyTorch puts them, in the output and every gradient."""
+    counts = _winograd_spy(monkeypatch)
+    rng = np.random.default_rng(32)
+    x = rand(rng, 2, 32, 6, 6).astype(np.float32)
+    w = (rand(rng, 32, 32, 3, 3) / 17).astype(np.float32)
+    g = rand(rng, 2, 32, 6, 6).astype(np.float32)
+    (x if where == "input" else g)[1, 3, 2, 4] = bad
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    want = TF.conv2d(xt, wt, padding=1)
+    want.backward(torch.from_numpy(g))
+    xc, wc = cnnlab.Tensor(x, requires_grad=True), cnnlab.Tensor(w, requires_grad=True)
+    out = F.conv2d(xc, wc, padding=1)
+    out.backward(g)
+    for ours, theirs in ((out.data, want), (xc.grad, xt.grad), (wc.grad, wt.grad)):
+        assert rel_error(ours, theirs.detach().numpy()) <= TOLERANCE[np.dtype(np.float32)]
+    assert counts["conv gave up"] >= 1 and counts["weight gave up"] >= 1
+
+
+def _direct_correlation(x, w, top, left, ho, wo):
+    """float64 reference: out[n, i, j, f] = sum of w[u, v, c, f] * z[n, i + u, j + v, c],
+    z the zero-padded image holding x (n, H, W, C) at (top, left), tiles from (0, 0)."""
+    n, h, wd, c = x.shape
+    z = np.zeros((n, ho + 2 + max(0, -top) + h, wo + 2 + max(0, -left) + wd, c))
+    oy, ox = max(top, 0), max(left, 0)
+    src = x[:, max(0, -top):, max(0, -left):]
+    rows, cols = min(src.shape[1], z.shape[1] - oy), min(src.shape[2], z.shape[2] - ox)
+    z[:, oy:oy + rows, ox:ox + cols] = src[:, :rows, :cols]
+    out = np.zeros((n, ho, wo, w.shape[3]))
+    for u in range(3):
+        for v in range(3):
+            out += z[:, u:u + ho, v:v + wo] @ w[u, v]
+    return out
+
+
+@needs_numba
+@pytest.mark.parametrize("top,left,ho,wo", [(1, 1, 6, 6), (0, 0, 5, 3), (2, 0, 7, 4), (-1, 2, 3, 5),
+                                            (-2, -1, 2, 2), (4, 5, 3, 3), (1, 1, 1, 1)])
+def test_winograd_kernels_against_the_direct_sum(top, left, ho, wo):
+    """The naive twin: _winograd_conv and _winograd_weight_grad against float64 loops,
+    the zero padding read implicitly at every offset (negative ones start the tiles
+    inside the input; one far enough reads only zeros), odd output sizes, float64 and
+    float32."""
+    conv = cnnlab.functional.conv
+    rng = np.random.default_rng(33)
+    x64 = rand(rng, 3, 5, 4, 6)
+    w64 = rand(rng, 3, 3, 6, 7)
+    g64 = rand(rng, 3, ho, wo, 7)
+    want = _direct_correlation(x64, w64, top, left, ho, wo)
+    # the weight gradient: for each tap, the padded input's shifted window against g
+    n, h, wd, c = x64.shape
+    want_dw = np.zeros((3, 3, 6, 7))
+    unit = np.zeros((3, 3, 6, 7))
+    for u in range(3):
+        for v in range(3):
+            for ci in range(6):
+                unit[...] = 0
+                unit[u, v, ci] = 1            # the tap's input channel ci alone, into every filter
+                want_dw[u, v, ci] = np.einsum("nijf,nijf->f", _direct_correlation(x64, unit[..., :1].repeat(7, 3), top, left, ho, wo), g64)
+    for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        x, w, g = x64.astype(dt), w64.astype(dt), g64.astype(dt)
+        out = np.full((3, ho, wo, 7), np.nan, dt)
+        assert conv._winograd_conv(x, top, left, conv._winograd_weights(w), out)
+        assert np.abs(out - want).max() <= tol * np.abs(want).max()
+        part = conv._winograd_weight_grad(x, top, left, g)
+        dw = conv._winograd_weight_grad_total(part).reshape(3, 3, 6, 7)
+        assert np.abs(dw - want_dw).max() <= tol * max(np.abs(want_dw).max(), 1)
+
+
+@needs_numba
+def test_winograd_is_not_taken_below_its_channel_threshold(monkeypatch):
+    """Fewer channels than WINOGRAD_MIN_CHANNELS (in or out), a stride, a dilation,
+    groups or another kernel size: the direct paths, not Winograd."""
+    counts = _winograd_spy(monkeypatch)
+    conv = cnnlab.functional.conv
+    rng = np.random.default_rng(34)
+    low = conv.WINOGRAD_MIN_CHANNELS - 1
+    for xs, ws, kw in [((2, low, 8, 8), (32, low, 3, 3), dict(padding=1)),
+                       ((2, 32, 8, 8), (low, 32, 3, 3), dict(padding=1)),
+                       ((2, 32, 8, 8), (32, 32, 3, 3), dict(stride=2, padding=1)),
+                       ((2, 32, 8, 8), (32, 32, 3, 3), dict(dilation=2, padding=2)),
+                       ((2, 64, 8, 8), (64, 32, 3, 3), dict(groups=2, padding=1)),
+                       ((2, 32, 8, 8), (32, 32, 5, 5), dict(padding=2))]:
+        x = cnnlab.Tensor(rand(rng, *xs).astype(np.float32), requires_grad=True)
+        w = cnnlab.Tensor(rand(rng, *ws).astype(np.float32), requires_grad=True)
+        F.conv2d(x, w, **kw).sum().backward()
+    assert counts["conv"] == counts["weight"] == 0
