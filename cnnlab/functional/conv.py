@@ -372,6 +372,7 @@ class Conv2dFunction(Function):
                 return gm
 
             def weight_grad(gm):      # the weight gradient from the input as kept, gm: G M Fg
+                # (few channels, image by image: gm may be None, the images read as they lie)
                 if by_rows:
                     xpb = xp[lo:hi]
                     if unpadded and pads != (0, 0, 0, 0):   # kept unpadded: padded here, into cache
@@ -381,12 +382,19 @@ class Conv2dFunction(Function):
                     return
                 cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0, planes=planes)
                 if per_image:  # LeNet-5's first layer: 0.30 -> 0.13 ms a block of 32 images
-                    dwb = np.matmul(_images(cols, nb, ho * wo).transpose(0, 2, 1), gm[0].reshape(nb, ho * wo, f))
+                    dwb = np.matmul(_images(cols, nb, ho * wo).transpose(0, 2, 1), images)
                     parallel.add_to(acc, "dw", dwb.sum(axis=0, keepdims=True))
                 else:
                     parallel.add_to(acc, "dw", np.matmul(cols.transpose(0, 2, 1), gm))  # G K Fg
 
-            if need_db or (need_dw and not shared and not wino_dw) or not gather:
+            # few channels, image by image (planes): the products read each image's gradient
+            # as it lies, NCHW or channels-last, where the rest wants a channels-last copy
+            # (backward on an NCHW gradient, 2 threads: the ResNet-20 stem 4.5-4.7 -> 3.3 ms,
+            # the MNIST CNN's first layer 2.9-3.1 -> 1.2-1.3 ms)
+            images = gb.reshape(nb, ho * wo, f) if planes and (per_image or dx_planes) else None
+            gm = None
+            if (need_db or (need_dw and not shared and not wino_dw and not (planes and per_image))
+                    or not (gather or dx_planes)):
                 gm = contiguous(gb)
                 if need_db:  # tied: sum over N, Ho, Wo; untied (Ho Wo F): over N only
                     # the tied sum as ones @ (M, F): numpy's sum down the rows of a matrix
@@ -447,7 +455,7 @@ class Conv2dFunction(Function):
             elif dx_planes:   # few channels: the same plane by plane, rows innermost
                 # (the ResNet-20 stem's input gradient: 44 -> 25 us an image on one thread)
                 dcols = parallel.workspace(3, (nb, c * kh * kw, ho * wo), grad.dtype)
-                np.matmul(wplanes, gm[0].reshape(nb, ho * wo, f).transpose(0, 2, 1), out=dcols)
+                np.matmul(wplanes, images.transpose(0, 2, 1), out=dcols)
                 dxp = parallel.workspace(2, (nb, c, hp, wp), grad.dtype)
                 k.col2im_planes(dcols.reshape(nb, c, kh, kw, ho, wo), *stride, *dilation, dxp)
                 dx[lo:hi] = pad2d_backward(dxp, (nb, c, h, wd), pads, padding_mode, axes=(2, 3))
