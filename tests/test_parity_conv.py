@@ -78,6 +78,7 @@ def layout(request, monkeypatch):
         if cnnlab.kernels.jit.kernels() is None:
             pytest.skip("Winograd's transforms need Numba")
         monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+        monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS_BACKWARD", 1)
     if request.param != "auto":
         planes = request.param.startswith("planes")
         monkeypatch.setattr(conv, "_planes", lambda kw, cg, wo: planes)
@@ -665,9 +666,9 @@ WINOGRAD_CASES = {
 @needs_numba
 @pytest.mark.parametrize("case", list(WINOGRAD_CASES))
 def test_conv2d_by_winograd_matches_torch(case, dtype, monkeypatch):
-    """The automatic choice takes Winograd for these (at least WINOGRAD_MIN_CHANNELS in
-    and out): values and all three gradients within the usual tolerance, the forward, the
-    input gradient and (zero padding) the weight gradient each by Winograd."""
+    """The automatic choice takes Winograd for these (at least WINOGRAD_MIN_CHANNELS_BACKWARD
+    in and out): values and all three gradients within the usual tolerance, the forward,
+    the input gradient and (zero padding) the weight gradient each by Winograd."""
     xs, f, kw = WINOGRAD_CASES[case]
     counts = _winograd_spy(monkeypatch)
     rng = np.random.default_rng(31)
@@ -756,6 +757,25 @@ def test_winograd_kernels_against_the_direct_sum(top, left, ho, wo):
 
 
 @needs_numba
+def test_conv2d_between_the_thresholds_runs_forward_by_winograd_and_backward_directly(dtype, monkeypatch):
+    """At least WINOGRAD_MIN_CHANNELS but fewer than WINOGRAD_MIN_CHANNELS_BACKWARD (in
+    or out): the forward by Winograd, the gradients the direct way, all matching PyTorch."""
+    conv = cnnlab.functional.conv
+    counts = _winograd_spy(monkeypatch)
+    channels = conv.WINOGRAD_MIN_CHANNELS
+    assert channels < conv.WINOGRAD_MIN_CHANNELS_BACKWARD
+    rng = np.random.default_rng(36)
+    arrays = [rand(rng, 3, channels, 10, 9), rand(rng, channels, channels, 3, 3) / math.sqrt(9 * channels)]
+    check_op("conv2d winograd", lambda x, w: F.conv2d(x, w, padding=1), lambda x, w: TF.conv2d(x, w, padding=1),
+             arrays, dtype)
+    assert counts["conv"] >= 1 and counts["conv gave up"] == 0 and counts["weight"] == 0
+    forward_only = counts["conv"]
+    with cnnlab.no_grad():
+        F.conv2d(arrays[0].astype(dtype), arrays[1].astype(dtype), padding=1)
+    assert counts["conv"] > forward_only                            # inference too
+
+
+@needs_numba
 def test_winograd_is_not_taken_below_its_channel_threshold(monkeypatch):
     """Fewer channels than WINOGRAD_MIN_CHANNELS (in or out), a stride, a dilation,
     groups or another kernel size: the direct paths, not Winograd."""
@@ -773,3 +793,27 @@ def test_winograd_is_not_taken_below_its_channel_threshold(monkeypatch):
         w = cnnlab.Tensor(rand(rng, *ws).astype(np.float32), requires_grad=True)
         F.conv2d(x, w, **kw).sum().backward()
     assert counts["conv"] == counts["weight"] == 0
+
+
+@needs_numba
+@pytest.mark.parametrize("case", ["resnet_like", "expanding_full_im2col", "reflect"])
+def test_conv2d_by_winograd_keeps_a_float64_gradient_float64(case, monkeypatch):
+    """A float64 upstream gradient into a float32 convolution: the input and weight
+    gradients are float64 and as accurate as float64 allows, the transforms and the
+    flipped kernel's transform included (not rounded to float32 on the way)."""
+    counts = _winograd_spy(monkeypatch)
+    xs, f, kw = WINOGRAD_CASES[case]
+    mode = kw.get("padding_mode", "zeros")
+    rng = np.random.default_rng(35)
+    x = rand(rng, *xs).astype(np.float32)
+    w = (rand(rng, f, xs[1], 3, 3) / 9).astype(np.float32)
+    xt, wt = cnnlab.Tensor(x, requires_grad=True), cnnlab.Tensor(w, requires_grad=True)
+    y = F.conv2d(xt, wt, **kw)
+    g = rand(rng, *y.shape)
+    (y + cnnlab.Tensor(np.zeros(y.shape))).backward(g)                              # float64 from here on
+    ref_x, ref_w = (torch.from_numpy(a.astype(np.float64)).requires_grad_() for a in (x, w))
+    torch_conv_ref(ref_x, ref_w, None, padding=kw.get("padding", 0), padding_mode=mode).backward(torch.from_numpy(g))
+    assert xt.grad.dtype == wt.grad.dtype == np.float64
+    assert rel_error(xt.grad, ref_x.grad.numpy()) <= 1e-12
+    assert rel_error(wt.grad, ref_w.grad.numpy()) <= 1e-12
+    assert counts["conv"] >= 2 and counts["weight"] == (0 if mode != "zeros" else counts["conv"] // 2)

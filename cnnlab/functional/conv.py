@@ -328,7 +328,7 @@ class Conv2dFunction(Function):
         # the gather wins by kernel rows; with the full im2col, the compiled col2im wins
         # (MNIST CNN conv3, forward + backward: 18.4 -> 16.5 ms); Winograd's, where it
         # applies (F channels in, C out), wins over both
-        wino_dx = need_dx and _winograd((kh, kw), stride, dilation, g, planes, f, c, grad.dtype)
+        wino_dx = need_dx and _winograd((kh, kw), stride, dilation, g, planes, f, c, grad.dtype, backward=True)
         gather = stride == (1, 1) and (wino_dx or _gather_dx(c, f, g) and
                                        (by_rows or _col2im_kernels(grad.dtype, g) is None))
         # and with zero padding the weight gradient too, from the gather's padded gradient
@@ -345,8 +345,9 @@ class Conv2dFunction(Function):
             (r0, rows), (c0, cols_) = (((pads[0], h), (pads[2], wd)) if padding_mode == "zeros"
                                        else ((0, hp), (0, wp)))
             # the flipped kernel with channels swapped, (KH, KW, F, C), transformed
-            uflip = (_winograd_weights(wmat[0].reshape(kh, kw, c, f)[::-1, ::-1].transpose(0, 1, 3, 2))
-                     if wino_dx else None)
+            # (in the gradient's precision: a float64 gradient keeps float64 accuracy)
+            uflip = (_winograd_weights(wmat[0].reshape(kh, kw, c, f)[::-1, ::-1].transpose(0, 1, 3, 2),
+                                       np.result_type(wmat, grad)) if wino_dx else None)
         dx_planes = k is not None and planes
         if dx_planes:   # rows ordered (c, kh, kw), as the planes layout's columns
             wplanes = wmat[0].reshape(kh, kw, c, f).transpose(2, 0, 1, 3).reshape(c * kh * kw, f)
@@ -754,33 +755,41 @@ def _products_by_rows(cols, wmat, kh: int, dh: int, out) -> None:
 # tests' tolerances unchanged). G transforms the kernel:
 _WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
-# channels in and out from which Winograd beats the products by kernel rows
-WINOGRAD_MIN_CHANNELS = 32
+# channels in and out from which Winograd beats the direct paths (see _winograd):
+# forward, and backward (the input and weight gradients)
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_CHANNELS_BACKWARD = 32
 
-# the transformed tiles and their products of a chunk of images take about this much
-WINOGRAD_CHUNK_BYTES = 2 << 20
+# the transformed tiles and their products of a chunk of images take at most about this
+# much: a forward block's images all at once, as the 16 products' calls cost (16
+# channels, forward: 2 MB chunks 5.14 ms, 4 MB 4.73)
+WINOGRAD_CHUNK_BYTES = 8 << 20
 
 
-def _winograd(kernel, stride, dilation, groups: int, planes: bool, c: int, f: int, dtype) -> bool:
-    """Whether a convolution runs as Winograd's F(2x2, 3x3) (:func:`_winograd_conv`): a
-    3x3 kernel, stride 1, no dilation, one group, channels-last, at least
-    ``WINOGRAD_MIN_CHANNELS`` channels in and out, and Numba for the transforms.
-    Measured at batch 128, 2 threads, against the paths it replaces (forward; backward):
-    ResNet-20's 32-channel layers 3.46 -> 2.82 ms; 7.28 -> 5.60, its 64-channel ones
-    3.16 -> 2.30; 6.45 -> 4.74, the MNIST CNN's 32 -> 64 on 26x26 14.9 -> 10.9; 31.9 ->
-    24.1. With 16 channels it lost or tied (5.18 -> 5.12; 11.0 -> 11.8 ms): its transforms
-    move four times the input through memory, and at 16 channels that costs what the
-    products save."""
+def _winograd(kernel, stride, dilation, groups: int, planes: bool, c: int, f: int, dtype,
+              backward: bool = False) -> bool:
+    """Whether a convolution (or, ``backward``, its gradients) runs as Winograd's F(2x2,
+    3x3) (:func:`_winograd_conv`): a 3x3 kernel, stride 1, no dilation, one group,
+    channels-last, at least ``WINOGRAD_MIN_CHANNELS`` (backward:
+    ``WINOGRAD_MIN_CHANNELS_BACKWARD``) channels in and out, and Numba for the
+    transforms. Measured at batch 128, 2 threads, against the paths it replaces
+    (forward; backward): ResNet-20's 16-channel layers 5.09 -> 4.69 ms; 9.60 -> 9.66,
+    its 32-channel ones 3.53 -> 2.87; 6.90 -> 5.71, its 64-channel ones 3.16 -> 2.31;
+    6.44 -> 4.82, the MNIST CNN's 32 -> 64 on 26x26 14.9 -> 10.9; 31.9 -> 24.1. The
+    transforms move four times the input through memory, and at 16 channels backward
+    that costs what the products save."""
+    least = WINOGRAD_MIN_CHANNELS_BACKWARD if backward else WINOGRAD_MIN_CHANNELS
     return (kernel == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1 and not planes
-            and min(c, f) >= WINOGRAD_MIN_CHANNELS and _col2im_kernels(dtype, groups) is not None)
+            and min(c, f) >= least and _col2im_kernels(dtype, groups) is not None)
 
 
-def _winograd_weights(wk):
+def _winograd_weights(wk, dtype=None):
     """The transformed kernels (16, Cin, Cout), entry 4*a + b of G g G^T for every pair of
-    channels, from ``wk`` (3, 3, Cin, Cout), computed in float64."""
+    channels, from ``wk`` (3, 3, Cin, Cout), computed in float64 and rounded to ``dtype``
+    (default: wk's)."""
     gw = np.tensordot(_WINOGRAD_G, wk.astype(np.float64), axes=(1, 0))            # a, l, Cin, Cout
     u = np.tensordot(_WINOGRAD_G, gw, axes=(1, 1))                                # b, a, Cin, Cout
-    return u.transpose(1, 0, 2, 3).reshape(16, wk.shape[2], wk.shape[3]).astype(wk.dtype)
+    return u.transpose(1, 0, 2, 3).reshape(16, wk.shape[2], wk.shape[3]).astype(dtype or wk.dtype)
 
 
 def _winograd_conv(x, top: int, left: int, u, out) -> bool:
@@ -798,6 +807,7 @@ def _winograd_conv(x, top: int, left: int, u, out) -> bool:
     chunk = max(1, WINOGRAD_CHUNK_BYTES // (16 * th * tw * (c + f) * out.itemsize))
     r = parallel.workspace(7, (4, (2 * tw + 2) * c), x.dtype)
     z = parallel.workspace(8, (8, tw * f), out.dtype)
+    finite = True
     with np.errstate(invalid="ignore", over="ignore"):     # a non-finite result goes the direct way
         for lo in range(0, nb, chunk):
             hi = min(nb, lo + chunk)
@@ -806,8 +816,8 @@ def _winograd_conv(x, top: int, left: int, u, out) -> bool:
             m = parallel.workspace(10, (16, tiles, f), out.dtype)
             k.winograd_input(x[lo:hi], top, left, th, tw, r, v)
             np.matmul(v, u, out=m)
-            k.winograd_output(m, th, tw, z, out[lo:hi])
-    return k.all_finite(out)
+            finite &= k.winograd_output(m, th, tw, z, out[lo:hi])
+    return finite
 
 
 def _winograd_weight_grad(x, top: int, left: int, gm):
@@ -821,12 +831,15 @@ def _winograd_weight_grad(x, top: int, left: int, gm):
     when the result is not all finite (an infinity in the input or gradient), for the
     caller to take the direct path."""
     k = jit.kernels()
+    dtype = np.result_type(x, gm)
+    if x.dtype != dtype or gm.dtype != dtype:   # a float64 gradient: the transforms in float64 too
+        x, gm = x.astype(dtype), gm.astype(dtype)
     nb, ho, wo, f = gm.shape
     c = x.shape[3]
     th, tw = -(-ho // 2), -(-wo // 2)
     chunk = max(1, WINOGRAD_CHUNK_BYTES // (16 * th * tw * (c + f) * x.itemsize))
-    r = parallel.workspace(7, (4, (2 * tw + 2) * max(c, f)), x.dtype)
-    total = np.zeros((16, c, f), np.result_type(x, gm))     # stays so for an empty batch
+    r = parallel.workspace(7, (4, (2 * tw + 2) * max(c, f)), dtype)
+    total = np.zeros((16, c, f), dtype)                     # stays so for an empty batch
     with np.errstate(invalid="ignore", over="ignore"):     # a non-finite result goes the direct way
         for lo in range(0, nb, chunk):
             hi = min(nb, lo + chunk)

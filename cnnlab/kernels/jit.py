@@ -440,6 +440,18 @@ def _build():
                         for ch in range(c):
                             dst[ch] = d[c + ch] - d[3 * c + ch]
 
+    @reordering_sums
+    def all_finite(a):
+        """Whether a contiguous array holds no infinity or NaN: x - x is 0 for every
+        finite x and NaN otherwise, and the sum of those may be reordered (so vectorised)
+        without changing whether it is 0. One read, where NumPy's isfinite(...).all()
+        writes and reads a mask, or a pairwise sum (16 channels: 3.3 -> 1.7 us an image)."""
+        flat = a.reshape(-1)
+        acc = 0.0
+        for q in range(flat.size):
+            acc += flat[q] - flat[q]
+        return acc == 0
+
     @jit
     def winograd_output(m, th, tw, z, out):
         """Winograd F(2x2, 3x3)'s output transform, A^T m A with A^T = [[1, 1, 1, 0],
@@ -447,9 +459,12 @@ def _build():
         entries, into out (N, Ho, Wo, F) channels-last, Ho <= 2*th, Wo <= 2*tw (an odd
         size drops the last tiles' second row or column). Along whole tile rows first
         (z: (8, >= tw*F) scratch), then columns; one store a loop, as there. ``m`` and
-        ``out`` are contiguous."""
+        ``out`` are contiguous. Returns whether every output is finite, each row checked
+        while in cache (a separate pass over a block's output, read back from memory, took
+        6.6 us an image against 1.7 in cache: 16 channels, 2 threads)."""
         nb, ho, wo, f = out.shape
         span = tw * f
+        finite = True
         mf = m.reshape(16, -1)
         of = out.reshape(nb, ho, -1)
         for b in range(nb):
@@ -475,6 +490,8 @@ def _build():
                         if 2 * j + 1 < wo:
                             for ch in range(f):
                                 o[2 * s + f + ch] = z1[s + ch] - z2[s + ch] - z3[s + ch]
+                    finite = finite and all_finite(o)     # while the row is in cache
+        return finite
 
     @jit
     def winograd_gradient(g, th, tw, r, y):
@@ -523,18 +540,6 @@ def _build():
                         dst = y[4 * a + 3, t0 + j]
                         for ch in range(f):
                             dst[ch] = -d[f + ch]
-
-    @reordering_sums
-    def all_finite(a):
-        """Whether a contiguous array holds no infinity or NaN: x - x is 0 for every
-        finite x and NaN otherwise, and the sum of those may be reordered (so vectorised)
-        without changing whether it is 0. One read, where NumPy's isfinite(...).all()
-        writes and reads a mask, or a pairwise sum (16 channels: 3.3 -> 1.7 us an image)."""
-        flat = a.reshape(-1)
-        acc = 0.0
-        for q in range(flat.size):
-            acc += flat[q] - flat[q]
-        return acc == 0
 
     return types.SimpleNamespace(col2im=col2im, col2im_planes=col2im_planes, channel_sums=channel_sums,
                                  centered_square_sums=centered_square_sums,
