@@ -55,14 +55,14 @@ zero-padded, cross-correlated with the flipped kernel by kernel rows (or, withou
 by the full im2col). With Numba, a stride-1 layer too large to go by rows takes the
 compiled col2im instead.
 
-Winograd (with Numba; 3x3, stride 1, one group, at least 32 channels in and out):
-F(2x2, 3x3) computes each 2x2 block of outputs from its 4x4 input tile with 16
-multiplies per channel pair instead of 36. The tiles' transforms are sums and
-differences (``kernels.jit.winograd_input`` / ``_output`` / ``_gradient``, reading zero
-padding as zeros rather than building it); the multiplies are 16 matrix products, one
-per tile entry. Forward, the input gradient (the same correlation of G with the
-flipped kernel) and, for zero padding, the weight gradient (the tiles' products summed,
-then transformed back) all go this way (:func:`_winograd_conv`,
+Winograd (with Numba; 3x3, stride 1, one group; forward from 16 channels in and out,
+the gradients from 32): F(2x2, 3x3) computes each 2x2 block of outputs from its 4x4
+input tile with 16 multiplies per channel pair instead of 36. The tiles' transforms
+are sums and differences (``kernels.jit.winograd_input`` / ``_output`` / ``_gradient``,
+reading zero padding as zeros rather than building it); the multiplies are 16 matrix
+products, one per tile entry. Forward, the input gradient (the same correlation of G
+with the flipped kernel) and, for zero padding, the weight gradient (the tiles'
+products summed, then transformed back) all go this way (:func:`_winograd_conv`,
 :func:`_winograd_weight_grad`); a result that is not all finite is computed again the
 direct way, so infinities and NaN land where the direct sum puts them.
 """
