@@ -802,22 +802,29 @@ def _winograd_conv(x, top: int, left: int, u, out) -> bool:
     tile's sums where the direct sum keeps it infinite."""
     k = jit.kernels()
     nb, ho, wo, f = out.shape
-    c = x.shape[3]
     th, tw = -(-ho // 2), -(-wo // 2)
-    chunk = max(1, WINOGRAD_CHUNK_BYTES // (16 * th * tw * (c + f) * out.itemsize))
-    r = parallel.workspace(7, (4, (2 * tw + 2) * c), x.dtype)
+    r = parallel.workspace(7, (4, (2 * tw + 2) * x.shape[3]), x.dtype)
     z = parallel.workspace(8, (8, tw * f), out.dtype)
     finite = True
     with np.errstate(invalid="ignore", over="ignore"):     # a non-finite result goes the direct way
-        for lo in range(0, nb, chunk):
-            hi = min(nb, lo + chunk)
-            tiles = (hi - lo) * th * tw
-            v = parallel.workspace(9, (16, tiles, c), x.dtype)
-            m = parallel.workspace(10, (16, tiles, f), out.dtype)
+        for lo, hi, v, m in _winograd_chunks(nb, th * tw, x, out):
             k.winograd_input(x[lo:hi], top, left, th, tw, r, v)
             np.matmul(v, u, out=m)
             finite &= k.winograd_output(m, th, tw, z, out[lo:hi])
     return finite
+
+
+def _winograd_chunks(nb: int, tiles: int, x, y):
+    """(lo, hi, v, m) for chunks of the nb images, ``tiles`` tiles each, whose transformed
+    tiles (v: (16, (hi - lo)*tiles, C) like ``x``, (nb, H, W, C)) and second operand or
+    products (m: (16, (hi - lo)*tiles, F) like ``y``, (nb, Ho, Wo, F)) take at most about
+    WINOGRAD_CHUNK_BYTES: workspaces of the calling thread."""
+    c, f = x.shape[3], y.shape[3]
+    chunk = max(1, WINOGRAD_CHUNK_BYTES // (16 * tiles * (c * x.itemsize + f * y.itemsize)))
+    for lo in range(0, nb, chunk):
+        hi = min(nb, lo + chunk)
+        yield (lo, hi, parallel.workspace(9, (16, (hi - lo) * tiles, c), x.dtype),
+               parallel.workspace(10, (16, (hi - lo) * tiles, f), y.dtype))
 
 
 def _winograd_weight_grad(x, top: int, left: int, gm):
@@ -837,15 +844,10 @@ def _winograd_weight_grad(x, top: int, left: int, gm):
     nb, ho, wo, f = gm.shape
     c = x.shape[3]
     th, tw = -(-ho // 2), -(-wo // 2)
-    chunk = max(1, WINOGRAD_CHUNK_BYTES // (16 * th * tw * (c + f) * x.itemsize))
     r = parallel.workspace(7, (4, (2 * tw + 2) * max(c, f)), dtype)
     total = np.zeros((16, c, f), dtype)                     # stays so for an empty batch
     with np.errstate(invalid="ignore", over="ignore"):     # a non-finite result goes the direct way
-        for lo in range(0, nb, chunk):
-            hi = min(nb, lo + chunk)
-            tiles = (hi - lo) * th * tw
-            v = parallel.workspace(9, (16, tiles, c), x.dtype)
-            y = parallel.workspace(10, (16, tiles, f), gm.dtype)
+        for lo, hi, v, y in _winograd_chunks(nb, th * tw, x, gm):
             k.winograd_input(x[lo:hi], top, left, th, tw, r, v)
             k.winograd_gradient(gm[lo:hi], th, tw, r, y)
             total += np.matmul(v.transpose(0, 2, 1), y)                            # 16, C, F
