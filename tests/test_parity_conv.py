@@ -70,7 +70,7 @@ def layout(request, monkeypatch):
     checked against PyTorch on every geometry whatever the choice rules pick for it; the
     taps' scatter-add both compiled (with Numba) and in NumPy, and few-channel products
     both per image and per block; and Winograd (with Numba) for every 3x3 stride-1
-    convolution, whatever its channels."""
+    convolution of one group and no dilation, whatever its channels."""
     conv = cnnlab.functional.conv
     # inference plans choose their path when built: none built under another test's choice
     monkeypatch.setattr(conv._InferencePlan, "_local", threading.local())
@@ -683,27 +683,48 @@ def test_conv2d_by_winograd_matches_torch(case, dtype, monkeypatch):
 
 
 @needs_numba
-@pytest.mark.parametrize("where", ["input", "gradient"])
+@pytest.mark.parametrize("where", ["input", "input border", "weight", "gradient"])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
-def test_conv2d_by_winograd_leaves_infinities_and_nan_to_the_direct_sum(where, bad, monkeypatch):
-    """A tile's sums can turn an infinity into NaN where the direct sum keeps it infinite:
-    a non-finite result goes back to the direct path, so infinities and NaN land exactly
-    where PyTorch puts them, in the output and every gradient."""
+@pytest.mark.parametrize("filters", [32, 48], ids=["same_channels", "expanding"])
+def test_conv2d_by_winograd_leaves_infinities_and_nan_to_the_direct_paths(filters, bad, where, monkeypatch):
+    """A tile's sums can turn an infinity into NaN where a direct sum keeps it infinite:
+    whatever Winograd gives up on (a result not all finite) is computed by the paths the
+    layer takes without Winograd. So in the output and every gradient, infinities and
+    NaN land where PyTorch puts them wherever those paths put them there too, and
+    otherwise where those paths put them (the gather's zero-padded gradient times an
+    infinite weight is NaN where PyTorch, adding no padding, keeps infinity)."""
+    conv = cnnlab.functional.conv
     counts = _winograd_spy(monkeypatch)
     rng = np.random.default_rng(32)
-    x = rand(rng, 2, 32, 6, 6).astype(np.float32)
-    w = (rand(rng, 32, 32, 3, 3) / 17).astype(np.float32)
-    g = rand(rng, 2, 32, 6, 6).astype(np.float32)
-    (x if where == "input" else g)[1, 3, 2, 4] = bad
+    x = rand(rng, 4, 32, 6, 6).astype(np.float32)
+    w = (rand(rng, filters, 32, 3, 3) / 17).astype(np.float32)
+    g = rand(rng, 4, filters, 6, 6).astype(np.float32)
+    target, index = {"input": (x, (1, 3, 2, 4)), "input border": (x, (1, 3, 0, 2)),
+                     "weight": (w, (1, 3, 2, 1)), "gradient": (g, (1, 3, 2, 4))}[where]
+    target[index] = bad
+    results = []
+    for winograd in (True, False):
+        if not winograd:
+            monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 10 ** 9)
+            monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS_BACKWARD", 10 ** 9)
+        xc, wc = cnnlab.Tensor(x, requires_grad=True), cnnlab.Tensor(w, requires_grad=True)
+        with np.errstate(all="ignore"):      # the direct paths' own inf - inf and 0 * inf
+            out = F.conv2d(xc, wc, padding=1)
+            out.backward(g)
+        results.append((out.data, xc.grad, wc.grad))
     xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
     want = TF.conv2d(xt, wt, padding=1)
     want.backward(torch.from_numpy(g))
-    xc, wc = cnnlab.Tensor(x, requires_grad=True), cnnlab.Tensor(w, requires_grad=True)
-    out = F.conv2d(xc, wc, padding=1)
-    out.backward(g)
-    for ours, theirs in ((out.data, want), (xc.grad, xt.grad), (wc.grad, wt.grad)):
-        assert rel_error(ours, theirs.detach().numpy()) <= TOLERANCE[np.dtype(np.float32)]
-    assert counts["conv gave up"] >= 1 and counts["weight gave up"] >= 1
+    tol = TOLERANCE[np.dtype(np.float32)]
+    for ours, direct, theirs in zip(*results, (want.detach().numpy(), xt.grad.numpy(), wt.grad.numpy())):
+        if rel_error(direct, theirs) <= tol:    # (rel_error: also the same inf and NaN places)
+            assert rel_error(ours, theirs) <= tol
+        elif rel_error(ours, theirs) > tol:
+            assert rel_error(ours, direct) <= tol
+    assert counts["conv gave up"] >= 1 and counts["weight gave up"] >= (where != "weight")
+    if where == "input":   # here all agree: the direct paths' and PyTorch's
+        for ours, theirs in zip(results[0], (want, xt.grad, wt.grad)):
+            assert rel_error(ours, theirs.detach().numpy()) <= tol
 
 
 def _direct_correlation(x, w, top, left, ho, wo):

@@ -53,18 +53,20 @@ by plane, and ``kernels.jit.col2im_planes``, which adds along rows. For stride 1
 channels do not expand (F <= C, as in ResNets), dX is instead the equivalent gather: G,
 zero-padded, cross-correlated with the flipped kernel by kernel rows (or, without Numba,
 by the full im2col). With Numba, a stride-1 layer too large to go by rows takes the
-compiled col2im instead.
+compiled col2im instead. (Where Winograd, below, applies, it goes first.)
 
-Winograd (with Numba; 3x3, stride 1, one group; forward from 16 channels in and out,
-the gradients from 32): F(2x2, 3x3) computes each 2x2 block of outputs from its 4x4
+Winograd (with Numba; 3x3, stride 1, no dilation, one group, channels-last columns (not
+the few-channel planes layout); forward from 16 channels in and out, the gradients from
+32; not the batch-1 inference plan): F(2x2, 3x3) computes each 2x2 block of outputs from its 4x4
 input tile with 16 multiplies per channel pair instead of 36. The tiles' transforms
 are sums and differences (``kernels.jit.winograd_input`` / ``_output`` / ``_gradient``,
 reading zero padding as zeros rather than building it); the multiplies are 16 matrix
 products, one per tile entry. Forward, the input gradient (the same correlation of G
 with the flipped kernel) and, for zero padding, the weight gradient (the tiles'
 products summed, then transformed back) all go this way (:func:`_winograd_conv`,
-:func:`_winograd_weight_grad`); a result that is not all finite is computed again the
-direct way, so infinities and NaN land where the direct sum puts them.
+:func:`_winograd_weight_grad`); a result that is not all finite is computed again by
+the paths the layer takes without Winograd, so infinities and NaN land where those put
+them (a tile's sums can make NaN of an infinity that a direct sum keeps).
 """
 from __future__ import annotations
 
@@ -326,12 +328,12 @@ class Conv2dFunction(Function):
         if has_residual and ctx.needs_input_grad[3]:
             dres = grad if relu_out is None else np.empty((n, ho, wo, f), grad.dtype)
         # the gather wins by kernel rows; with the full im2col, the compiled col2im wins
-        # (MNIST CNN conv3, forward + backward: 18.4 -> 16.5 ms); Winograd's, where it
-        # applies (F channels in, C out), wins over both
+        # (MNIST CNN conv3, forward + backward: 18.4 -> 16.5 ms)
+        gather = stride == (1, 1) and _gather_dx(c, f, g) and (by_rows or _col2im_kernels(grad.dtype, g) is None)
+        # Winograd, where it applies (F channels in, C out), beats them all: each block tries
+        # it first, for the input gradient and (zero padding) the weight gradient, and
+        # leaves what it gives up on (a result not all finite) to the paths it replaced
         wino_dx = need_dx and _winograd((kh, kw), stride, dilation, g, planes, f, c, grad.dtype, backward=True)
-        gather = stride == (1, 1) and (wino_dx or _gather_dx(c, f, g) and
-                                       (by_rows or _col2im_kernels(grad.dtype, g) is None))
-        # and with zero padding the weight gradient too, from the gather's padded gradient
         wino_dw = wino_dx and need_dw and padding_mode == "zeros"
         k = _col2im_kernels(grad.dtype, g) if need_dx and not gather else None
         if gather:
@@ -344,10 +346,14 @@ class Conv2dFunction(Function):
             # zeros padding: only the unpadded part of the padded input's gradient is needed
             (r0, rows), (c0, cols_) = (((pads[0], h), (pads[2], wd)) if padding_mode == "zeros"
                                        else ((0, hp), (0, wp)))
-            # the flipped kernel with channels swapped, (KH, KW, F, C), transformed
-            # (in the gradient's precision: a float64 gradient keeps float64 accuracy)
-            uflip = (_winograd_weights(wmat[0].reshape(kh, kw, c, f)[::-1, ::-1].transpose(0, 1, 3, 2),
-                                       np.result_type(wmat, grad)) if wino_dx else None)
+        if wino_dx:
+            # the same correlation by Winograd: the flipped kernel with channels swapped,
+            # (KH, KW, F, C), transformed in the gradient's precision (a float64 gradient
+            # keeps float64 accuracy); the output gradient lies at (2 - top, 2 - left) of
+            # its zero padding for the unpadded input's gradient, at (2, 2) for the padded one's
+            uflip = _winograd_weights(wmat[0].reshape(kh, kw, c, f)[::-1, ::-1].transpose(0, 1, 3, 2),
+                                      np.result_type(wmat, grad))
+            g_top, g_left = (2 - pads[0], 2 - pads[2]) if padding_mode == "zeros" else (2, 2)
         dx_planes = k is not None and planes
         if dx_planes:   # rows ordered (c, kh, kw), as the planes layout's columns
             wplanes = wmat[0].reshape(kh, kw, c, f).transpose(2, 0, 1, 3).reshape(c * kh * kw, f)
@@ -356,7 +362,6 @@ class Conv2dFunction(Function):
         if need_dx:
             dx = (empty_in_order((n, c, h, wd), x_order, grad.dtype) if dx_planes
                   else np.empty((n, h, wd, c), grad.dtype))
-        shared = _shares_gather_columns(gather, by_rows, padding_mode, need_dx)
 
         def block(lo, hi, acc):
             nb = hi - lo
@@ -364,91 +369,73 @@ class Conv2dFunction(Function):
             if relu_out is not None:  # the fused ReLU's gradient: zero where it output 0
                 masked = parallel.workspace(1, (nb, ho, wo, f), grad.dtype) if dres is None else dres[lo:hi]
                 gb = np.multiply(gb, relu_out[lo:hi] > 0, out=masked)
+            want_dw, want_dx = need_dw, need_dx
+            if wino_dx:
+                gb = _contiguous(gb, 1)                                               # channels-last
+                if wino_dw:   # the input as kept: unpadded by kernel rows, else zero-padded
+                    part = _winograd_weight_grad(xp[lo:hi], *((pads[0], pads[2]) if unpadded else (0, 0)), gb)
+                    if part is not None:
+                        parallel.add_to(acc, "dw_winograd", part)
+                        want_dw = False
+                dst = dx[lo:hi] if padding_mode == "zeros" else np.empty((nb, hp, wp, c), grad.dtype)
+                if _winograd_conv(gb, g_top, g_left, uflip, dst):
+                    if padding_mode != "zeros":
+                        dx[lo:hi] = pad2d_backward(dst, (nb, h, wd, c), pads, padding_mode, axes=(1, 2))
+                    want_dx = False
+            _direct_block(lo, hi, acc, gb, want_dw, want_dx)
 
-            def contiguous(gb):       # the gradient usually arrives channels-last already
-                if gb.flags.c_contiguous:
-                    return gb
-                gm = parallel.workspace(1, (nb, ho, wo, f), grad.dtype)
-                np.copyto(gm, gb)                                                     # channels-last copy
-                return gm
-
-            def weight_grad(gm):      # the weight gradient from the input as kept, gm: G M Fg
-                # (few channels, image by image: gm may be None, the images read as they lie)
-                if by_rows:
-                    xpb = xp[lo:hi]
-                    if unpadded and pads != (0, 0, 0, 0):   # kept unpadded: padded here, into cache
-                        xpb = parallel.workspace(5, (nb, hp, wp, c), grad.dtype)
-                        _pad_with_zeros(xpb, xp[lo:hi], pads)
-                    parallel.add_to(acc, "dw", _weight_grad_by_rows(xpb, gm[0], ho, (kh, kw), dilation))
-                    return
-                cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0, planes=planes)
-                if per_image:  # LeNet-5's first layer: 0.30 -> 0.13 ms a block of 32 images
-                    dwb = np.matmul(_images(cols, nb, ho * wo).transpose(0, 2, 1), images)
-                    parallel.add_to(acc, "dw", dwb.sum(axis=0, keepdims=True))
-                else:
-                    parallel.add_to(acc, "dw", np.matmul(cols.transpose(0, 2, 1), gm))  # G K Fg
-
+        def _direct_block(lo, hi, acc, gb, need_dw, need_dx):
+            """The bias gradient, and the weight and input gradients asked for, without Winograd."""
+            nb = hi - lo
+            shared = _shares_gather_columns(gather, by_rows, padding_mode, need_dx)
             # few channels, image by image (planes): the products read each image's gradient
             # as it lies, NCHW or channels-last, where the rest wants a channels-last copy
             # (backward on an NCHW gradient, 2 threads: the ResNet-20 stem 4.5-4.7 -> 3.3 ms,
             # the MNIST CNN's first layer 2.9-3.1 -> 1.2-1.3 ms)
             images = gb.reshape(nb, ho * wo, f) if planes and (per_image or dx_planes) else None
-            gm = None
-            if (need_db or (need_dw and not shared and not wino_dw and not (planes and per_image))
-                    or not (gather or dx_planes)):
-                gm = contiguous(gb)
+            if (need_db or (need_dw and not shared and not per_image)
+                    or (need_dx and not (gather or dx_planes))):
+                gm = _contiguous(gb, 1)
                 if need_db:  # tied: sum over N, Ho, Wo; untied (Ho Wo F): over N only
                     # the tied sum as ones @ (M, F): numpy's sum down the rows of a matrix
                     # only a few columns wide is ten times slower than this BLAS pass
                     parallel.add_to(acc, "db", np.ones(gm.size // f, gm.dtype) @ gm.reshape(-1, f)
                                     if b_ndim == 1 else gm.sum(axis=0))
                 gm = gm.reshape(nb * ho * wo, g, fg).transpose(1, 0, 2)              # G M Fg
-            if need_dw and not shared and not wino_dw:
-                weight_grad(gm)   # (shared, or by Winograd: below, from the padded gradient)
+            if need_dw and shared:
+                pass                        # below, from the gather's columns
+            elif need_dw and by_rows:
+                xpb = xp[lo:hi]
+                if unpadded and pads != (0, 0, 0, 0):   # kept unpadded: padded here, into cache
+                    xpb = parallel.workspace(5, (nb, hp, wp, c), grad.dtype)
+                    _pad_with_zeros(xpb, xp[lo:hi], pads)
+                parallel.add_to(acc, "dw", _weight_grad_by_rows(xpb, gm[0], ho, (kh, kw), dilation))
+            elif need_dw:
+                cols = _im2col(xp[lo:hi], (kh, kw), stride, dilation, g, slot=0, planes=planes)
+                if per_image:  # LeNet-5's first layer: 0.30 -> 0.13 ms a block of 32 images
+                    dwb = np.matmul(_images(cols, nb, ho * wo).transpose(0, 2, 1), images)
+                    parallel.add_to(acc, "dw", dwb.sum(axis=0, keepdims=True))
+                else:
+                    parallel.add_to(acc, "dw", np.matmul(cols.transpose(0, 2, 1), gm))  # G K Fg
             if not need_dx:
                 return
             if gather:
-                gc = contiguous(gb) if wino_dx else None           # Winograd's: channels-last
-
-                def padded_gradient():   # the rows and columns of the zero-padded gradient read
-                    gp = parallel.workspace(2, (nb, ho + 2 * reach_h, wo + 2 * reach_w, f), grad.dtype)
-                    _pad_with_zeros(gp, gb, (reach_h, reach_h, reach_w, reach_w))
-                    return gp[:, r0:r0 + rows + reach_h, c0:c0 + cols_ + reach_w]
-
-                def winograd(dst):       # dst: the (zero padding: unpadded) input's gradient
-                    return wino_dx and _winograd_conv(gc, reach_h - r0, reach_w - c0, uflip, dst)
-
-                dw_left = need_dw and (shared or not wino_dw)     # still to compute, with wino_dw
-                if wino_dw:   # the input as kept: unpadded by kernel rows, else padded
-                    part = _winograd_weight_grad(xp[lo:hi], *((pads[0], pads[2]) if unpadded else (0, 0)), gc)
-                    if part is not None:
-                        parallel.add_to(acc, "dw_winograd", part)
-                        dw_left = False
-                    elif not shared:
-                        weight_grad(gc.reshape(nb * ho * wo, g, fg).transpose(1, 0, 2))
+                gp = parallel.workspace(2, (nb, ho + 2 * reach_h, wo + 2 * reach_w, f), grad.dtype)
+                _pad_with_zeros(gp, gb, (reach_h, reach_h, reach_w, reach_w))
+                gp = gp[:, r0:r0 + rows + reach_h, c0:c0 + cols_ + reach_w]
                 if shared:
-                    done = winograd(dx[lo:hi])
-                    if dw_left or not done:
-                        gcols = _row_cols(padded_gradient(), kw, dilation[1], slot=0)
-                    if not done:
-                        _products_by_rows(gcols, wflip[0], kh, dilation[0], dx[lo:hi])
-                    if dw_left:   # the input as kept: unpadded (by rows, zero padding), contiguous
+                    gcols = _row_cols(gp, kw, dilation[1], slot=0)
+                    _products_by_rows(gcols, wflip[0], kh, dilation[0], dx[lo:hi])
+                    if need_dw:   # the input as kept: unpadded (by rows, zero padding), contiguous
                         parallel.add_to(acc, "dw", _weight_grad_from_gather(
                             xp[lo:hi].reshape(nb, h * wd, c), gcols, (kh, kw), dilation))
                     return
                 if by_rows:  # (zero padding went the shared way above) the padded input's gradient
                     dxb = np.empty((nb, hp, wp, c), grad.dtype)
-                    if not winograd(dxb):
-                        _conv_by_rows(padded_gradient(), wflip[0], (kh, kw), dilation, dxb)
+                    _conv_by_rows(gp, wflip[0], (kh, kw), dilation, dxb)
                     dx[lo:hi] = pad2d_backward(dxb, (nb, h, wd, c), pads, padding_mode, axes=(1, 2))
                     return
-                if padding_mode == "zeros" and winograd(dx[lo:hi]):
-                    return
-                dxp = np.empty((nb, hp, wp, c), grad.dtype) if padding_mode != "zeros" and wino_dx else None
-                if dxp is not None and winograd(dxp):
-                    dx[lo:hi] = pad2d_backward(dxp, (nb, h, wd, c), pads, padding_mode, axes=(1, 2))
-                    return
-                gcols = _im2col(padded_gradient(), (kh, kw), (1, 1), dilation, g, slot=0)   # G M' KH*KW*Fg
+                gcols = _im2col(gp, (kh, kw), (1, 1), dilation, g, slot=0)          # G M' KH*KW*Fg
                 if padding_mode == "zeros":
                     np.matmul(gcols, wflip, out=dx[lo:hi].reshape(-1, g, cg).transpose(1, 0, 2))
                     return
@@ -503,6 +490,16 @@ class Conv2dFunction(Function):
         if dx is not None and not dx_planes:
             dx = dx.transpose(0, 3, 1, 2)                                             # NCHW view of NHWC
         return dx, dw, db, dres
+
+
+def _contiguous(a, slot: int):
+    """``a`` if C-contiguous, else a copy in the calling thread's workspace ``slot`` (a
+    gradient usually arrives channels-last already; an NCHW one is copied so)."""
+    if a.flags.c_contiguous:
+        return a
+    out = parallel.workspace(slot, a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
 
 
 def _present_total(accs, key):
@@ -789,15 +786,18 @@ def _winograd_weights(wk, dtype=None):
     (default: wk's)."""
     gw = np.tensordot(_WINOGRAD_G, wk.astype(np.float64), axes=(1, 0))            # a, l, Cin, Cout
     u = np.tensordot(_WINOGRAD_G, gw, axes=(1, 1))                                # b, a, Cin, Cout
-    return u.transpose(1, 0, 2, 3).reshape(16, wk.shape[2], wk.shape[3]).astype(dtype or wk.dtype)
+    # weights near the float32 limit overflow here (entries up to 2.25 max|w|): the
+    # convolution's result is then not finite and the direct path takes over, quietly
+    with np.errstate(over="ignore", invalid="ignore"):
+        return u.transpose(1, 0, 2, 3).reshape(16, wk.shape[2], wk.shape[3]).astype(dtype or wk.dtype)
 
 
 def _winograd_conv(x, top: int, left: int, u, out) -> bool:
     """out (nb, Ho, Wo, F) = the stride-1 3x3 cross-correlation, with the kernels ``u``
     transformed by :func:`_winograd_weights`, of the zero-padded image holding ``x`` (nb,
     H, W, C), channels-last and contiguous, at row ``top`` and column ``left`` (the
-    padding is read as zeros, never built). Runs over chunks of images whose
-    transformed tiles stay in cache. Returns False when the output is not all finite,
+    padding is read as zeros, never built). Runs over chunks of images
+    (:func:`_winograd_chunks`). Returns False when the output is not all finite,
     for the caller to compute it directly: an infinity in the input can make NaN of a
     tile's sums where the direct sum keeps it infinite."""
     k = jit.kernels()
