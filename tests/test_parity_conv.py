@@ -769,9 +769,11 @@ def test_winograd_kernels_against_the_direct_sum(top, left, ho, wo):
                 want_dw[u, v, ci] = np.einsum("nijf,nijf->f", _direct_correlation(x64, unit[..., :1].repeat(7, 3), top, left, ho, wo), g64)
     for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
         x, w, g = x64.astype(dt), w64.astype(dt), g64.astype(dt)
-        out = np.full((3, ho, wo, 7), np.nan, dt)
+        guarded = np.full((4, ho, wo, 7), np.nan, dt)     # one image more: nothing may be written there
+        out = guarded[:3]
         assert conv._winograd_conv(x, top, left, conv._winograd_weights(w), out)
         assert np.abs(out - want).max() <= tol * np.abs(want).max()
+        assert np.isnan(guarded[3]).all()
         part = conv._winograd_weight_grad(x, top, left, g)
         dw = conv._winograd_weight_grad_total(part).reshape(3, 3, 6, 7)
         assert np.abs(dw - want_dw).max() <= tol * max(np.abs(want_dw).max(), 1)
