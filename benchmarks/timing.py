@@ -240,6 +240,6 @@ def _optional_kernels() -> str:
     blocked = ("threadpoolctl " + version("threadpoolctl")
                + " (BLAS held to one thread under cnnlab's own: blocked convolutions, linear layers)"
                if parallel.can_block() and version("threadpoolctl") else "no threadpoolctl (one block per op)")
-    numba = (f"Numba {version('numba')} (batch norm, pooling, col2im and Winograd's transforms)" if jit.kernels() is not None
-             else "no Numba (batch norm, pooling and col2im in NumPy; no Winograd)")
+    numba = (f"Numba {version('numba')} (batch norm, pooling, col2im and Winograd's transforms)"
+             if jit.kernels() is not None else "no Numba (batch norm, pooling and col2im in NumPy; no Winograd)")
     return f"{blocked}; {numba}"
