@@ -727,20 +727,16 @@ def test_conv2d_by_winograd_leaves_infinities_and_nan_to_the_direct_paths(filter
             assert rel_error(ours, theirs.detach().numpy()) <= tol
 
 
-def _direct_correlation(x, w, top, left, ho, wo):
-    """float64 reference: out[n, i, j, f] = sum of w[u, v, c, f] * z[n, i + u, j + v, c],
-    z the zero-padded image holding x (n, H, W, C) at (top, left), tiles from (0, 0)."""
+def _zero_padded(x, top, left, ho, wo):
+    """float64 z: the zero-padded image holding x (n, H, W, C) at (top, left), at least
+    (ho + 2, wo + 2) large, its tiles read from (0, 0)."""
     n, h, wd, c = x.shape
     z = np.zeros((n, ho + 2 + max(0, -top) + h, wo + 2 + max(0, -left) + wd, c))
     oy, ox = max(top, 0), max(left, 0)
     src = x[:, max(0, -top):, max(0, -left):]
     rows, cols = min(src.shape[1], z.shape[1] - oy), min(src.shape[2], z.shape[2] - ox)
     z[:, oy:oy + rows, ox:ox + cols] = src[:, :rows, :cols]
-    out = np.zeros((n, ho, wo, w.shape[3]))
-    for u in range(3):
-        for v in range(3):
-            out += z[:, u:u + ho, v:v + wo] @ w[u, v]
-    return out
+    return z
 
 
 @needs_numba
@@ -756,17 +752,12 @@ def test_winograd_kernels_against_the_direct_sum(top, left, ho, wo):
     x64 = rand(rng, 3, 5, 4, 6)
     w64 = rand(rng, 3, 3, 6, 7)
     g64 = rand(rng, 3, ho, wo, 7)
-    want = _direct_correlation(x64, w64, top, left, ho, wo)
-    # the weight gradient: for each tap, the padded input's shifted window against g
-    n, h, wd, c = x64.shape
+    z = _zero_padded(x64, top, left, ho, wo)
+    taps = [(u, v, z[:, u:u + ho, v:v + wo]) for u in range(3) for v in range(3)]
+    want = sum(window @ w64[u, v] for u, v, window in taps)
     want_dw = np.zeros((3, 3, 6, 7))
-    unit = np.zeros((3, 3, 6, 7))
-    for u in range(3):
-        for v in range(3):
-            for ci in range(6):
-                unit[...] = 0
-                unit[u, v, ci] = 1            # the tap's input channel ci alone, into every filter
-                want_dw[u, v, ci] = np.einsum("nijf,nijf->f", _direct_correlation(x64, unit[..., :1].repeat(7, 3), top, left, ho, wo), g64)
+    for u, v, window in taps:   # the tap's window of the padded input against the gradient
+        want_dw[u, v] = np.einsum("nijc,nijf->cf", window, g64)
     for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
         x, w, g = x64.astype(dt), w64.astype(dt), g64.astype(dt)
         guarded = np.full((4, ho, wo, 7), np.nan, dt)     # one image more: nothing may be written there
