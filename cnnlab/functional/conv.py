@@ -382,9 +382,9 @@ class Conv2dFunction(Function):
                     if padding_mode != "zeros":
                         dx[lo:hi] = pad2d_backward(dst, (nb, h, wd, c), pads, padding_mode, axes=(1, 2))
                     want_dx = False
-            _direct_block(lo, hi, acc, gb, want_dw, want_dx)
+            direct_block(lo, hi, acc, gb, want_dw, want_dx)
 
-        def _direct_block(lo, hi, acc, gb, need_dw, need_dx):
+        def direct_block(lo, hi, acc, gb, need_dw, need_dx):
             """The bias gradient, and the weight and input gradients asked for, without Winograd."""
             nb = hi - lo
             shared = _shares_gather_columns(gather, by_rows, padding_mode, need_dx)
