@@ -47,6 +47,25 @@ def test_conv2d(mode, case):
     check(lambda x, w, b: F.conv2d(x, w, b, padding_mode=mode, **kw), rand(rng, *xs), rand(rng, *ws), rand(rng, ws[0]))
 
 
+@pytest.mark.skipif(cnnlab.kernels.jit.kernels() is None, reason="Winograd's transforms need Numba")
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+@pytest.mark.parametrize("xs,padding", [((2, 3, 5, 4), 1), ((2, 2, 4, 5), 0), ((1, 2, 3, 3), 2)],
+                         ids=["pad1_odd", "valid", "pad2"])
+def test_conv2d_by_winograd(xs, padding, mode, monkeypatch):
+    """Winograd's forward, input and weight gradients (every 3x3 stride-1 convolution
+    taken that way, whatever its channels) against central differences."""
+    conv = cnnlab.functional.conv
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS_BACKWARD", 1)
+    calls = []
+    run = conv._winograd_conv
+    monkeypatch.setattr(conv, "_winograd_conv", lambda *a: calls.append(1) or run(*a))
+    rng = np.random.default_rng(1)
+    x, w, b = rand(rng, *xs), rand(rng, 3, xs[1], 3, 3), rand(rng, 3)
+    check(lambda x, w, b: F.conv2d(x, w, b, padding=padding, padding_mode=mode), x, w, b)
+    assert calls
+
+
 def test_conv2d_unbatched_no_bias():
     rng = np.random.default_rng(1)
     check(lambda x, w: F.conv2d(x, w, stride=(1, 2), padding=(0, 1)), rand(rng, 2, 4, 5), rand(rng, 3, 2, 2, 2))
