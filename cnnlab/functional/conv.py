@@ -772,7 +772,7 @@ def _winograd(kernel, stride, dilation, groups: int, planes: bool, c: int, f: in
     transforms. Measured at batch 128, 2 threads, against the paths it replaces
     (forward; backward): ResNet-20's 16-channel layers 5.09 -> 4.69 ms; 9.60 -> 9.66,
     its 32-channel ones 3.53 -> 2.87; 6.90 -> 5.71, its 64-channel ones 3.16 -> 2.31;
-    6.44 -> 4.82, the MNIST CNN's 32 -> 64 on 26x26 14.9 -> 10.9; 31.9 -> 24.1. The
+    6.44 -> 4.82, the MNIST CNN's 32 -> 64 on 26x26 14.8 -> 9.5; 29.8 -> 24.5. The
     transforms move four times the input through memory, and at 16 channels backward
     that costs what the products save."""
     least = WINOGRAD_MIN_CHANNELS_BACKWARD if backward else WINOGRAD_MIN_CHANNELS
