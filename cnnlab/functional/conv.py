@@ -275,11 +275,7 @@ class Conv2dFunction(Function):
             if unpadded:
                 np.copyto(xp[lo:hi], xv[lo:hi])
                 return xp[lo:hi]
-            if xv[lo:hi].flags.c_contiguous:
-                return xv[lo:hi]
-            xb = parallel.workspace(5, (hi - lo, h, wd, c), x.dtype)
-            np.copyto(xb, xv[lo:hi])
-            return xb
+            return _contiguous(xv[lo:hi], 5)
 
         def block(lo, hi, acc):
             out_b = out[lo:hi]
@@ -477,8 +473,9 @@ class Conv2dFunction(Function):
         dw = db = None
         if need_dw:
             dw = _present_total(accs, "dw")                                           # G K Fg, K as cols orders it
-            if any("dw_winograd" in a for a in accs):   # blocks by Winograd: their share transformed back
-                by_winograd = _winograd_weight_grad_total(_present_total(accs, "dw_winograd"))
+            by_winograd = _present_total(accs, "dw_winograd")
+            if by_winograd is not None:   # blocks by Winograd: their share transformed back
+                by_winograd = _winograd_weight_grad_total(by_winograd)
                 dw = by_winograd if dw is None else dw + by_winograd
             dw = (dw.transpose(0, 2, 1) if planes else
                   dw.reshape(g, kh, kw, cg, fg).transpose(0, 4, 3, 1, 2)).reshape(w_shape)
@@ -493,8 +490,9 @@ class Conv2dFunction(Function):
 
 
 def _contiguous(a, slot: int):
-    """``a`` if C-contiguous, else a copy in the calling thread's workspace ``slot`` (a
-    gradient usually arrives channels-last already; an NCHW one is copied so)."""
+    """``a`` if C-contiguous, else a copy in the calling thread's workspace ``slot``: a
+    channels-last view of an input or a gradient usually lies so already; one of NCHW
+    memory is copied channels-last."""
     if a.flags.c_contiguous:
         return a
     out = parallel.workspace(slot, a.shape, a.dtype)
