@@ -56,7 +56,6 @@ def test_conv2d_by_winograd(xs, padding, mode, monkeypatch):
     taken that way, whatever its channels) against central differences."""
     conv = cnnlab.functional.conv
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS_BACKWARD", 1)
     calls = []
     run = conv._winograd_conv
     monkeypatch.setattr(conv, "_winograd_conv", lambda *a: calls.append(1) or run(*a))

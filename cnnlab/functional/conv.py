@@ -56,12 +56,12 @@ by the full im2col). With Numba, a stride-1 layer too large to go by rows takes 
 compiled col2im instead. (Where Winograd, below, applies, it goes first.)
 
 Winograd (with Numba; 3x3, stride 1, no dilation, one group, channels-last columns (not
-the few-channel planes layout); forward from 16 channels in and out, the gradients from
-32; not the batch-1 inference plan): F(2x2, 3x3) computes each 2x2 block of outputs from its 4x4
-input tile with 16 multiplies per channel pair instead of 36. The tiles' transforms
-are sums and differences (``kernels.jit.winograd_input`` / ``_output`` / ``_gradient``,
-reading zero padding as zeros rather than building it); the multiplies are 16 matrix
-products, one per tile entry. Forward, the input gradient (the same correlation of G
+the few-channel planes layout); from 16 channels in and out; not the batch-1 inference
+plan): F(4x4, 3x3) computes each 4x4 block of outputs from its 6x6 input tile with 36
+multiplies per channel pair instead of 144. The tiles' transforms are sums,
+differences and small multiples (``kernels.jit.winograd_input`` / ``_output`` /
+``_gradient``, reading zero padding as zeros rather than building it); the multiplies
+are 36 matrix products, one per tile entry. Forward, the input gradient (the same correlation of G
 with the flipped kernel) and, for zero padding, the weight gradient (the tiles'
 products summed, then transformed back) all go this way (:func:`_winograd_conv`,
 :func:`_winograd_weight_grad`); a result that is not all finite is computed again by
@@ -329,7 +329,7 @@ class Conv2dFunction(Function):
         # Winograd, where it applies (F channels in, C out), beats them all: each block tries
         # it first, for the input gradient and (zero padding) the weight gradient, and
         # leaves what it gives up on (a result not all finite) to the paths it replaced
-        wino_dx = need_dx and _winograd((kh, kw), stride, dilation, g, planes, f, c, grad.dtype, backward=True)
+        wino_dx = need_dx and _winograd((kh, kw), stride, dilation, g, planes, f, c, grad.dtype)
         wino_dw = wino_dx and need_dw and padding_mode == "zeros"
         k = _col2im_kernels(grad.dtype, g) if need_dx and not gather else None
         if gather:
@@ -741,53 +741,60 @@ def _products_by_rows(cols, wmat, kh: int, dh: int, out) -> None:
             o += part
 
 
-# Winograd F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
-# Networks", 2016): each 2x2 block of outputs from its 4x4 input tile d as
-# A^T [(G g G^T) * (B^T d B)] A, 16 multiplies per channel pair instead of 36. The 16
-# entries' products over all tiles are 16 matrix products, (tiles, C) @ (C, F); the
-# transforms are sums and differences (kernels.jit.winograd_input/_output), G's halves
-# are exact, and the results stay within float rounding of the direct sum (the parity
-# tests' tolerances unchanged). G transforms the kernel:
-_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+# Winograd F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+# Networks", 2016): each 4x4 block of outputs from its 6x6 input tile d as
+# A^T [(G g G^T) * (B^T d B)] A, 36 multiplies per channel pair instead of 144. The 36
+# entries' products over all tiles are 36 matrix products, (tiles, C) @ (C, F); the
+# transforms are sums, differences and multiples by 2, 4, 5 and 8
+# (kernels.jit.winograd_input/_output/_gradient). The results stay within float
+# rounding of the direct sum, though a wider one: in float32 a few 1e-6 of the largest
+# output against 2-5e-7 for the direct paths and F(2x2, 3x3), which this replaced
+# (the parity tests' tolerances unchanged). Against F(2x2, 3x3), at batch 128, 2
+# threads, forward; backward: ResNet-20's 16-channel layers 4.4 -> 3.8 ms; 9.2 -> 7.5
+# (F(2x2, 3x3) lost there to the direct paths, 8.9), its 32-channel ones 2.7 -> 2.4;
+# 5.6 -> 4.8, its 64-channel ones 2.2 -> 1.9; 4.5 -> 4.0, the MNIST CNN's 32 -> 64 on
+# 26x26 9.4 -> 7.3; 23.7 -> 17.6: per 16 outputs and channel pair, 36 multiplies and
+# transformed values against its 64. G transforms the kernel:
+_WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                         [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
 
-# channels in and out from which Winograd beats the direct paths (see _winograd):
-# forward, and backward (the input and weight gradients)
+# channels in and out from which Winograd beats the direct paths, forward and backward
+# (see _winograd)
 WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_CHANNELS_BACKWARD = 32
 
 # the transformed tiles and their products of a chunk of images take at most about this
-# much: a forward block's images all at once, as the 16 products' calls cost (16
-# channels, forward: 2 MB chunks 5.14 ms, 4 MB 4.73)
+# much: a forward block's images all at once, as the products' calls cost (F(2x2, 3x3),
+# 16 channels, forward: 2 MB chunks 5.14 ms, 4 MB 4.73; F(4x4, 3x3), 16 and 32
+# channels: 4, 8 and 16 MB alike)
 WINOGRAD_CHUNK_BYTES = 8 << 20
 
 
-def _winograd(kernel, stride, dilation, groups: int, planes: bool, c: int, f: int, dtype,
-              backward: bool = False) -> bool:
-    """Whether a convolution (or, ``backward``, its gradients) runs as Winograd's F(2x2,
-    3x3) (:func:`_winograd_conv`): a 3x3 kernel, stride 1, no dilation, one group,
-    channels-last, at least ``WINOGRAD_MIN_CHANNELS`` (backward:
-    ``WINOGRAD_MIN_CHANNELS_BACKWARD``) channels in and out, and Numba for the
-    transforms. Measured at batch 128, 2 threads, against the paths it replaces
-    (forward; backward): ResNet-20's 16-channel layers 5.09 -> 4.69 ms; 9.60 -> 9.66,
-    its 32-channel ones 3.53 -> 2.87; 6.90 -> 5.71, its 64-channel ones 3.16 -> 2.31;
-    6.44 -> 4.82, the MNIST CNN's 32 -> 64 on 26x26 14.8 -> 9.5; 29.8 -> 24.5. The
-    transforms move four times the input through memory, and at 16 channels backward
+def _winograd(kernel, stride, dilation, groups: int, planes: bool, c: int, f: int, dtype) -> bool:
+    """Whether a convolution (or, from backward, its gradients) runs as Winograd's
+    F(4x4, 3x3) (:func:`_winograd_conv`): a 3x3 kernel, stride 1, no dilation, one
+    group, channels-last, at least ``WINOGRAD_MIN_CHANNELS`` channels in and out, and
+    Numba for the transforms. Measured at batch 128, 2 threads, against the paths it
+    replaces (forward; backward): ResNet-20's 16-channel layers 4.8 -> 3.8 ms; 8.9 ->
+    7.5, its 32-channel ones 3.4 -> 2.4; 6.7 -> 4.8, its 64-channel ones 3.1 -> 1.9; 6.2
+    -> 3.9, the MNIST CNN's 32 -> 64 on 26x26 14.0 -> 7.3; 29.3 -> 17.4; 12 channels on
+    16x16 ties (1.14 -> 1.06; 1.79 -> 1.82), 8 loses (1.13 -> 1.25; 1.69 -> 2.24): the
+    transforms move the input through memory 2.25 times over, and with few channels
     that costs what the products save."""
-    least = WINOGRAD_MIN_CHANNELS_BACKWARD if backward else WINOGRAD_MIN_CHANNELS
     return (kernel == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1 and not planes
-            and min(c, f) >= least and _col2im_kernels(dtype, groups) is not None)
+            and min(c, f) >= WINOGRAD_MIN_CHANNELS and _col2im_kernels(dtype, groups) is not None)
 
 
 def _winograd_weights(wk, dtype=None):
-    """The transformed kernels (16, Cin, Cout), entry 4*a + b of G g G^T for every pair of
-    channels, from ``wk`` (3, 3, Cin, Cout), computed in float64 and rounded to ``dtype``
-    (default: wk's)."""
+    """The transformed kernels (36, Cin, Cout), entry 6*a + b of G g G^T for every pair of
+    channels, from ``wk`` (3, 3, Cin, Cout), computed in float64 (G's sixths are not
+    exact in binary) and rounded once to ``dtype`` (default: wk's)."""
     gw = np.tensordot(_WINOGRAD_G, wk.astype(np.float64), axes=(1, 0))            # a, l, Cin, Cout
     u = np.tensordot(_WINOGRAD_G, gw, axes=(1, 1))                                # b, a, Cin, Cout
-    # weights near the float32 limit overflow here (entries up to 2.25 max|w|): the
-    # convolution's result is then not finite and the direct path takes over, quietly
+    # an infinite weight makes NaN here (0 * inf): the convolution's result is then not
+    # finite and the direct path takes over, quietly (entries are at most max|w|, as no
+    # row of |G| sums to more than 1, so finite weights cannot overflow)
     with np.errstate(over="ignore", invalid="ignore"):
-        return u.transpose(1, 0, 2, 3).reshape(16, wk.shape[2], wk.shape[3]).astype(dtype or wk.dtype)
+        return u.transpose(1, 0, 2, 3).reshape(36, wk.shape[2], wk.shape[3]).astype(dtype or wk.dtype)
 
 
 def _winograd_conv(x, top: int, left: int, u, out) -> bool:
@@ -800,9 +807,9 @@ def _winograd_conv(x, top: int, left: int, u, out) -> bool:
     tile's sums where the direct sum keeps it infinite."""
     k = jit.kernels()
     nb, ho, wo, f = out.shape
-    th, tw = -(-ho // 2), -(-wo // 2)
-    r = parallel.workspace(7, (4, (2 * tw + 2) * x.shape[3]), x.dtype)
-    z = parallel.workspace(8, (8, tw * f), out.dtype)
+    th, tw = -(-ho // 4), -(-wo // 4)
+    r = parallel.workspace(7, (6, (4 * tw + 2) * x.shape[3]), x.dtype)
+    z = parallel.workspace(8, (24, tw * f), out.dtype)
     finite = True
     with np.errstate(invalid="ignore", over="ignore"):     # a non-finite result goes the direct way
         for lo, hi, v, m in _winograd_chunks(nb, th * tw, x, out):
@@ -814,23 +821,23 @@ def _winograd_conv(x, top: int, left: int, u, out) -> bool:
 
 def _winograd_chunks(nb: int, tiles: int, x, y):
     """(lo, hi, v, m) for chunks of the nb images, ``tiles`` tiles each, whose transformed
-    tiles (v: (16, (hi - lo)*tiles, C) like ``x``, (nb, H, W, C)) and second operand or
-    products (m: (16, (hi - lo)*tiles, F) like ``y``, (nb, Ho, Wo, F)) take at most about
+    tiles (v: (36, (hi - lo)*tiles, C) like ``x``, (nb, H, W, C)) and second operand or
+    products (m: (36, (hi - lo)*tiles, F) like ``y``, (nb, Ho, Wo, F)) take at most about
     WINOGRAD_CHUNK_BYTES: workspaces of the calling thread."""
     c, f = x.shape[3], y.shape[3]
-    chunk = max(1, WINOGRAD_CHUNK_BYTES // (16 * tiles * (c * x.itemsize + f * y.itemsize)))
+    chunk = max(1, WINOGRAD_CHUNK_BYTES // (36 * tiles * (c * x.itemsize + f * y.itemsize)))
     for lo in range(0, nb, chunk):
         hi = min(nb, lo + chunk)
-        yield (lo, hi, parallel.workspace(9, (16, (hi - lo) * tiles, c), x.dtype),
-               parallel.workspace(10, (16, (hi - lo) * tiles, f), y.dtype))
+        yield (lo, hi, parallel.workspace(9, (36, (hi - lo) * tiles, c), x.dtype),
+               parallel.workspace(10, (36, (hi - lo) * tiles, f), y.dtype))
 
 
 def _winograd_weight_grad(x, top: int, left: int, gm):
-    """The weight gradient's transform (16, C, F) of a stride-1 3x3 convolution by
-    Winograd's F(2x2, 3x3), :func:`_winograd_weight_grad_total` turning it into the
+    """The weight gradient's transform (36, C, F) of a stride-1 3x3 convolution by
+    Winograd's F(4x4, 3x3), :func:`_winograd_weight_grad_total` turning it into the
     weight gradient: with V = B^T d B the input's tiles (as forward transforms them) and
     Y = A gy A^T the output gradient's, each transformed kernel entry's gradient is
-    V_e^T @ Y_e summed over the tiles, 16 products (C, tiles) @ (tiles, F). ``x`` (nb,
+    V_e^T @ Y_e summed over the tiles, 36 products (C, tiles) @ (tiles, F). ``x`` (nb,
     H, W, C), the input, and ``gm`` (nb, Ho, Wo, F), the output gradient, are
     channels-last and contiguous; x lies at (top, left) of the zero-padded input. None
     when the result is not all finite (an infinity in the input or gradient), for the
@@ -841,24 +848,25 @@ def _winograd_weight_grad(x, top: int, left: int, gm):
         x, gm = x.astype(dtype), gm.astype(dtype)
     nb, ho, wo, f = gm.shape
     c = x.shape[3]
-    th, tw = -(-ho // 2), -(-wo // 2)
-    r = parallel.workspace(7, (4, (2 * tw + 2) * max(c, f)), dtype)
-    total = np.zeros((16, c, f), dtype)                     # stays so for an empty batch
+    th, tw = -(-ho // 4), -(-wo // 4)
+    r = parallel.workspace(7, (6, (4 * tw + 2) * max(c, f)), dtype)
+    total = np.zeros((36, c, f), dtype)                     # stays so for an empty batch
     with np.errstate(invalid="ignore", over="ignore"):     # a non-finite result goes the direct way
         for lo, hi, v, y in _winograd_chunks(nb, th * tw, x, gm):
             k.winograd_input(x[lo:hi], top, left, th, tw, r, v)
             k.winograd_gradient(gm[lo:hi], th, tw, r, y)
-            total += np.matmul(v.transpose(0, 2, 1), y)                            # 16, C, F
+            total += np.matmul(v.transpose(0, 2, 1), y)                            # 36, C, F
     return total if k.all_finite(total) else None
 
 
 def _winograd_weight_grad_total(total):
     """The weight gradient (1, 9*C, F), rows ordered (kh, kw, c), from the sum of
-    :func:`_winograd_weight_grad`'s (16, C, F): G^T (that) G for every channel pair."""
+    :func:`_winograd_weight_grad`'s (36, C, F): G^T (that) G for every channel pair,
+    in float64 (G's sixths are not exact in binary) and rounded once."""
     _, c, f = total.shape
-    g = _WINOGRAD_G.astype(total.dtype)
-    inner = np.tensordot(g, total.reshape(4, 4, c, f), axes=(0, 1))               # kw, a, C, F
-    return np.tensordot(g, inner, axes=(0, 1)).reshape(1, 9 * c, f)               # kh, kw, C, F
+    inner = np.tensordot(_WINOGRAD_G, total.reshape(6, 6, c, f), axes=(0, 1))     # kw, a, C, F
+    dw = np.tensordot(_WINOGRAD_G, inner, axes=(0, 1))                            # kh, kw, C, F
+    return dw.reshape(1, 9 * c, f).astype(total.dtype)
 
 
 def _weight_grad_by_rows(src, gm, ho, kernel, dilation):

@@ -10,9 +10,9 @@ backward become one pass each way. col2im is the third: a strided add per kernel
 each only C values long at a time, becomes one scatter-add pass. Average pooling is the
 fourth: one pass each way over the unpadded input, each window clipped to it, where
 NumPy pads a copy and sums rows, then columns. A fused ReLU's mask rides along in the
-batch-norm passes. The fifth is Winograd's F(2x2, 3x3) convolution (see
-:mod:`cnnlab.functional.conv`): its input and output transforms are sums and
-differences of 4x4 tiles, dozens of strided NumPy passes, and one pass each here.
+batch-norm passes. The fifth is Winograd's F(4x4, 3x3) convolution (see
+:mod:`cnnlab.functional.conv`): its input and output transforms are sums, differences
+and small multiples of 6x6 tiles, dozens of strided NumPy passes, and one pass each here.
 
 Numba is the ``fast`` extra. Without it, or with ``CNNLAB_JIT=0`` in the environment,
 :func:`kernels` returns None and callers keep their NumPy code, which stays the
@@ -376,69 +376,87 @@ def _build():
                                     row[v * dw + j * sw] += src[j]
 
     @jit
+    def scalar(value, like):
+        """``value`` as a scalar of ``like``'s dtype: the transforms' constant factors,
+        so that float32 rows stay float32 (a Python integer times a float32 element is
+        float64 to Numba, and the row then runs at half the vector width with conversions:
+        16 channels, the input transform 21 -> 15 us an image)."""
+        return np.full(1, value, like.dtype)[0]
+
+    @jit
     def winograd_input(x, top, left, th, tw, r, v):
-        """Winograd F(2x2, 3x3)'s input transform: B^T d B for every 4x4 tile d, two apart,
+        """Winograd F(4x4, 3x3)'s input transform: B^T d B for every 6x6 tile d, four apart,
         th by tw of them, of the zero-padded image with ``x`` (N, H, W, C), channels-last
         and contiguous, at row ``top`` and column ``left`` of it (either may be negative:
-        the tiles then start inside x), into v (16, N*th*tw, C), contiguous: row 4*a + b
-        holds every tile's (a, b) entry, one matrix per entry for its product. B^T's
-        rows are d0 - d2, d1 + d2, d2 - d1, d1 - d3. Rows first, along whole padded rows
-        (r: (4, >= (2*tw + 2)*C) scratch), the zero padding read from a row of zeros and
-        never copied, then columns. Every inner loop stores to one array, so the
-        compiler's aliasing checks stay few and the loops vectorise (one loop storing
-        all four entries was not vectorised: 16 channels, 42 -> 18 us an image), and
-        indexes slices from 0, so no negative-index wrap-around is compiled in (flat
-        indices with offsets: 18 -> 45 us)."""
+        the tiles then start inside x), into v (36, N*th*tw, C), contiguous: row 6*a + b
+        holds every tile's (a, b) entry, one matrix per entry for its product. B^T's rows,
+        applied to d0..d5: 4 d0 - 5 d2 + d4, d3 + d4 - 4 (d1 + d2), 4 (d1 - d2) + d4 - d3,
+        2 (d3 - d1) + d4 - d2, 2 (d1 - d3) + d4 - d2, 4 d1 - 5 d3 + d5. Rows first, along
+        whole padded rows (r: (6, >= (4*tw + 2)*C) scratch), the zero padding read from a
+        row of zeros and never copied, then columns. Every inner loop stores to one
+        array, so the compiler's aliasing checks stay few and the loops vectorise (one
+        loop storing all the entries was not vectorised: 42 against 18 us an image for
+        F(2x2, 3x3)), and indexes slices from 0, so no negative-index wrap-around is
+        compiled in (flat indices with offsets: 18 -> 45 us)."""
         nb, h, w, c = x.shape
-        width = (2 * tw + 2) * c
+        k2, k4, k5 = scalar(2, x), scalar(4, x), scalar(5, x)
+        width = (4 * tw + 2) * c
         zero = np.zeros(w * c, x.dtype)
-        p0, p1 = min(max(left, 0), 2 * tw + 2), min(max(left + w, 0), 2 * tw + 2)   # pixels from x
+        p0, p1 = min(max(left, 0), 4 * tw + 2), min(max(left + w, 0), 4 * tw + 2)   # pixels from x
         n_in = (p1 - p0) * c
         s0 = (p0 - left) * c                                                        # where in x's row
-        r0, r1, r2, r3 = r[0], r[1], r[2], r[3]
-        for q in range(p0 * c):
-            r0[q] = 0
-            r1[q] = 0
-            r2[q] = 0
-            r3[q] = 0
-        for q in range(p1 * c, width):
-            r0[q] = 0
-            r1[q] = 0
-            r2[q] = 0
-            r3[q] = 0
-        d0, d1, d2, d3 = r0[p0 * c:p1 * c], r1[p0 * c:p1 * c], r2[p0 * c:p1 * c], r3[p0 * c:p1 * c]
+        for a in range(6):
+            ra = r[a]
+            for q in range(p0 * c):
+                ra[q] = 0
+            for q in range(p1 * c, width):
+                ra[q] = 0
+        d0, d1, d2 = r[0, p0 * c:p1 * c], r[1, p0 * c:p1 * c], r[2, p0 * c:p1 * c]
+        d3, d4, d5 = r[3, p0 * c:p1 * c], r[4, p0 * c:p1 * c], r[5, p0 * c:p1 * c]
         for b in range(nb):
             for i in range(th):
-                y = 2 * i - top
+                y = 4 * i - top
                 x0 = (x[b, y].reshape(-1) if 0 <= y < h else zero)[s0:s0 + n_in]
                 x1 = (x[b, y + 1].reshape(-1) if 0 <= y + 1 < h else zero)[s0:s0 + n_in]
                 x2 = (x[b, y + 2].reshape(-1) if 0 <= y + 2 < h else zero)[s0:s0 + n_in]
                 x3 = (x[b, y + 3].reshape(-1) if 0 <= y + 3 < h else zero)[s0:s0 + n_in]
+                x4 = (x[b, y + 4].reshape(-1) if 0 <= y + 4 < h else zero)[s0:s0 + n_in]
+                x5 = (x[b, y + 5].reshape(-1) if 0 <= y + 5 < h else zero)[s0:s0 + n_in]
                 for q in range(n_in):
-                    d0[q] = x0[q] - x2[q]
+                    d0[q] = k4 * x0[q] - k5 * x2[q] + x4[q]
                 for q in range(n_in):
-                    d1[q] = x1[q] + x2[q]
+                    d1[q] = x3[q] + x4[q] - k4 * (x1[q] + x2[q])
                 for q in range(n_in):
-                    d2[q] = x2[q] - x1[q]
+                    d2[q] = k4 * (x1[q] - x2[q]) + x4[q] - x3[q]
                 for q in range(n_in):
-                    d3[q] = x1[q] - x3[q]
+                    d3[q] = k2 * (x3[q] - x1[q]) + x4[q] - x2[q]
+                for q in range(n_in):
+                    d4[q] = k2 * (x1[q] - x3[q]) + x4[q] - x2[q]
+                for q in range(n_in):
+                    d5[q] = k4 * x1[q] - k5 * x3[q] + x5[q]
                 t0 = (b * th + i) * tw
-                for a in range(4):
+                for a in range(6):
                     ra = r[a]
                     for j in range(tw):
-                        d = ra[2 * j * c:(2 * j + 4) * c]       # the tile's four columns
-                        dst = v[4 * a, t0 + j]
+                        d = ra[4 * j * c:(4 * j + 6) * c]       # the tile's six columns
+                        dst = v[6 * a, t0 + j]
                         for ch in range(c):
-                            dst[ch] = d[ch] - d[2 * c + ch]
-                        dst = v[4 * a + 1, t0 + j]
+                            dst[ch] = k4 * d[ch] - k5 * d[2 * c + ch] + d[4 * c + ch]
+                        dst = v[6 * a + 1, t0 + j]
                         for ch in range(c):
-                            dst[ch] = d[c + ch] + d[2 * c + ch]
-                        dst = v[4 * a + 2, t0 + j]
+                            dst[ch] = d[3 * c + ch] + d[4 * c + ch] - k4 * (d[c + ch] + d[2 * c + ch])
+                        dst = v[6 * a + 2, t0 + j]
                         for ch in range(c):
-                            dst[ch] = d[2 * c + ch] - d[c + ch]
-                        dst = v[4 * a + 3, t0 + j]
+                            dst[ch] = k4 * (d[c + ch] - d[2 * c + ch]) + d[4 * c + ch] - d[3 * c + ch]
+                        dst = v[6 * a + 3, t0 + j]
                         for ch in range(c):
-                            dst[ch] = d[c + ch] - d[3 * c + ch]
+                            dst[ch] = k2 * (d[3 * c + ch] - d[c + ch]) + d[4 * c + ch] - d[2 * c + ch]
+                        dst = v[6 * a + 4, t0 + j]
+                        for ch in range(c):
+                            dst[ch] = k2 * (d[c + ch] - d[3 * c + ch]) + d[4 * c + ch] - d[2 * c + ch]
+                        dst = v[6 * a + 5, t0 + j]
+                        for ch in range(c):
+                            dst[ch] = k4 * d[c + ch] - k5 * d[3 * c + ch] + d[5 * c + ch]
 
     @reordering_sums
     def all_finite(a):
@@ -454,92 +472,120 @@ def _build():
 
     @jit
     def winograd_output(m, th, tw, z, out):
-        """Winograd F(2x2, 3x3)'s output transform, A^T m A with A^T = [[1, 1, 1, 0],
-        [0, 1, -1, -1]], from m (16, N*th*tw, F), the products of :func:`winograd_input`'s
-        entries, into out (N, Ho, Wo, F) channels-last, Ho <= 2*th, Wo <= 2*tw (an odd
-        size drops the last tiles' second row or column). Along whole tile rows first
-        (z: (8, >= tw*F) scratch), then columns; one store a loop, as there. ``m`` and
-        ``out`` are contiguous. Returns whether every output is finite, each row checked
-        while in cache (a separate pass over a block's output, read back from memory, took
-        6.6 us an image against 1.7 in cache: 16 channels, 2 threads)."""
+        """Winograd F(4x4, 3x3)'s output transform, A^T m A with A^T's rows applied to
+        m0..m5: m0 + m1 + m2 + m3 + m4, m1 - m2 + 2 (m3 - m4), m1 + m2 + 4 (m3 + m4),
+        m1 - m2 + 8 (m3 - m4) + m5; from m (36, N*th*tw, F), the products of
+        :func:`winograd_input`'s entries, into out (N, Ho, Wo, F) channels-last,
+        Ho <= 4*th, Wo <= 4*tw (a size not a multiple of 4 drops the last tiles' extra
+        rows or columns). Along whole tile rows first (z: (24, >= tw*F) scratch), then
+        columns; one store a loop, as there. ``m`` and ``out`` are contiguous. Returns
+        whether every output is finite, each row checked while in cache (a separate pass
+        over a block's output, read back from memory, took 6.6 us an image against 1.7
+        in cache: 16 channels, 2 threads)."""
         nb, ho, wo, f = out.shape
+        k2, k4, k8 = scalar(2, out), scalar(4, out), scalar(8, out)
         span = tw * f
         finite = True
-        mf = m.reshape(16, -1)
+        mf = m.reshape(36, -1)
         of = out.reshape(nb, ho, -1)
         for b in range(nb):
             for i in range(th):
                 base = (b * th + i) * span
-                for e in range(4):                # column e of the tiles: rows combined
-                    m0, m1, m2, m3 = mf[e], mf[4 + e], mf[8 + e], mf[12 + e]
-                    top, bottom = z[e], z[4 + e]
+                for e in range(6):                # column e of the tiles: rows combined
+                    m0, m1, m2 = mf[e, base:base + span], mf[6 + e, base:base + span], mf[12 + e, base:base + span]
+                    m3, m4, m5 = mf[18 + e, base:base + span], mf[24 + e, base:base + span], mf[30 + e, base:base + span]
+                    z0, z1, z2, z3 = z[e], z[6 + e], z[12 + e], z[18 + e]
                     for q in range(span):
-                        top[q] = m0[base + q] + m1[base + q] + m2[base + q]
+                        z0[q] = m0[q] + m1[q] + m2[q] + m3[q] + m4[q]
                     for q in range(span):
-                        bottom[q] = m1[base + q] - m2[base + q] - m3[base + q]
-                for half in range(2):
-                    row = 2 * i + half
+                        z1[q] = m1[q] - m2[q] + k2 * (m3[q] - m4[q])
+                    for q in range(span):
+                        z2[q] = m1[q] + m2[q] + k4 * (m3[q] + m4[q])
+                    for q in range(span):
+                        z3[q] = m1[q] - m2[q] + k8 * (m3[q] - m4[q]) + m5[q]
+                for k in range(4):
+                    row = 4 * i + k
                     if row >= ho:
                         break
-                    z0, z1, z2, z3 = z[4 * half], z[4 * half + 1], z[4 * half + 2], z[4 * half + 3]
+                    y0, y1, y2, y3, y4, y5 = z[6 * k], z[6 * k + 1], z[6 * k + 2], z[6 * k + 3], z[6 * k + 4], z[6 * k + 5]
                     o = of[b, row]
                     for j in range(tw):
                         s = j * f
                         for ch in range(f):
-                            o[2 * s + ch] = z0[s + ch] + z1[s + ch] + z2[s + ch]
-                        if 2 * j + 1 < wo:
+                            o[4 * s + ch] = y0[s + ch] + y1[s + ch] + y2[s + ch] + y3[s + ch] + y4[s + ch]
+                        if 4 * j + 1 < wo:
                             for ch in range(f):
-                                o[2 * s + f + ch] = z1[s + ch] - z2[s + ch] - z3[s + ch]
+                                o[4 * s + f + ch] = y1[s + ch] - y2[s + ch] + k2 * (y3[s + ch] - y4[s + ch])
+                        if 4 * j + 2 < wo:
+                            for ch in range(f):
+                                o[4 * s + 2 * f + ch] = y1[s + ch] + y2[s + ch] + k4 * (y3[s + ch] + y4[s + ch])
+                        if 4 * j + 3 < wo:
+                            for ch in range(f):
+                                o[4 * s + 3 * f + ch] = y1[s + ch] - y2[s + ch] + k8 * (y3[s + ch] - y4[s + ch]) + y5[s + ch]
                     finite = finite and all_finite(o)     # while the row is in cache
         return finite
 
     @jit
     def winograd_gradient(g, th, tw, r, y):
-        """The output gradient's tiles for Winograd F(2x2, 3x3)'s weight gradient: A gy A^T
-        (the adjoint of :func:`winograd_output`'s transform; A's rows [1, 0], [1, 1],
-        [1, -1], [0, -1]) for every 2x2 tile gy of ``g`` (N, Ho, Wo, F), channels-last
-        and contiguous (an odd size's last tiles read zeros for the row or column it
-        lacks), into y (16, N*th*tw, F), contiguous. Rows first (r: (4, >= 2*tw*F)
-        scratch), then columns, one store a loop, as in :func:`winograd_input`."""
+        """The output gradient's tiles for Winograd F(4x4, 3x3)'s weight gradient: A gy A^T
+        (the adjoint of :func:`winograd_output`'s transform; A's rows, applied to g0..g3:
+        g0, g0 + g1 + g2 + g3, g0 - g1 + g2 - g3, g0 + 2 g1 + 4 g2 + 8 g3,
+        g0 - 2 g1 + 4 g2 - 8 g3, g3) for every 4x4 tile gy of ``g`` (N, Ho, Wo, F),
+        channels-last and contiguous (a size not a multiple of 4: the last tiles read
+        zeros for the rows or columns they lack), into y (36, N*th*tw, F), contiguous.
+        Rows first (r: (6, >= 4*tw*F) scratch), then columns, one store a loop, as in
+        :func:`winograd_input`."""
         nb, ho, wo, f = g.shape
-        width = 2 * tw * f
+        k2, k4, k8 = scalar(2, g), scalar(4, g), scalar(8, g)
+        width = 4 * tw * f
         n_in = wo * f
         zero = np.zeros(width, g.dtype)
-        r0, r1, r2, r3 = r[0], r[1], r[2], r[3]
-        for q in range(n_in, width):
-            r0[q] = 0
-            r1[q] = 0
-            r2[q] = 0
-            r3[q] = 0
+        for a in range(6):
+            ra = r[a]
+            for q in range(n_in, width):
+                ra[q] = 0
+        r0, r1, r2, r3, r4, r5 = r[0, :n_in], r[1, :n_in], r[2, :n_in], r[3, :n_in], r[4, :n_in], r[5, :n_in]
         for b in range(nb):
             for i in range(th):
-                g0 = g[b, 2 * i].reshape(-1)
-                g1 = g[b, 2 * i + 1].reshape(-1) if 2 * i + 1 < ho else zero
+                g0 = g[b, 4 * i].reshape(-1)
+                g1 = g[b, 4 * i + 1].reshape(-1) if 4 * i + 1 < ho else zero
+                g2 = g[b, 4 * i + 2].reshape(-1) if 4 * i + 2 < ho else zero
+                g3 = g[b, 4 * i + 3].reshape(-1) if 4 * i + 3 < ho else zero
                 for q in range(n_in):
                     r0[q] = g0[q]
                 for q in range(n_in):
-                    r1[q] = g0[q] + g1[q]
+                    r1[q] = g0[q] + g1[q] + g2[q] + g3[q]
                 for q in range(n_in):
-                    r2[q] = g0[q] - g1[q]
+                    r2[q] = g0[q] - g1[q] + g2[q] - g3[q]
                 for q in range(n_in):
-                    r3[q] = -g1[q]
+                    r3[q] = g0[q] + k2 * g1[q] + k4 * g2[q] + k8 * g3[q]
+                for q in range(n_in):
+                    r4[q] = g0[q] - k2 * g1[q] + k4 * g2[q] - k8 * g3[q]
+                for q in range(n_in):
+                    r5[q] = g3[q]
                 t0 = (b * th + i) * tw
-                for a in range(4):
+                for a in range(6):
                     ra = r[a]
                     for j in range(tw):
-                        d = ra[2 * j * f:(2 * j + 2) * f]       # the tile's two columns
-                        dst = y[4 * a, t0 + j]
+                        d = ra[4 * j * f:(4 * j + 4) * f]       # the tile's four columns
+                        dst = y[6 * a, t0 + j]
                         for ch in range(f):
                             dst[ch] = d[ch]
-                        dst = y[4 * a + 1, t0 + j]
+                        dst = y[6 * a + 1, t0 + j]
                         for ch in range(f):
-                            dst[ch] = d[ch] + d[f + ch]
-                        dst = y[4 * a + 2, t0 + j]
+                            dst[ch] = d[ch] + d[f + ch] + d[2 * f + ch] + d[3 * f + ch]
+                        dst = y[6 * a + 2, t0 + j]
                         for ch in range(f):
-                            dst[ch] = d[ch] - d[f + ch]
-                        dst = y[4 * a + 3, t0 + j]
+                            dst[ch] = d[ch] - d[f + ch] + d[2 * f + ch] - d[3 * f + ch]
+                        dst = y[6 * a + 3, t0 + j]
                         for ch in range(f):
-                            dst[ch] = -d[f + ch]
+                            dst[ch] = d[ch] + k2 * d[f + ch] + k4 * d[2 * f + ch] + k8 * d[3 * f + ch]
+                        dst = y[6 * a + 4, t0 + j]
+                        for ch in range(f):
+                            dst[ch] = d[ch] - k2 * d[f + ch] + k4 * d[2 * f + ch] - k8 * d[3 * f + ch]
+                        dst = y[6 * a + 5, t0 + j]
+                        for ch in range(f):
+                            dst[ch] = d[3 * f + ch]
 
     return types.SimpleNamespace(col2im=col2im, col2im_planes=col2im_planes, channel_sums=channel_sums,
                                  centered_square_sums=centered_square_sums,
