@@ -814,6 +814,27 @@ def test_winograd_is_not_taken_below_its_channel_threshold(monkeypatch):
 
 
 @needs_numba
+def test_winograd_is_turned_off_by_an_infinite_threshold(monkeypatch):
+    """WINOGRAD_MIN_CHANNELS = inf, as the README documents for the direct paths'
+    rounding: no Winograd forward or backward, and the direct paths' result."""
+    counts = _winograd_spy(monkeypatch)
+    rng = np.random.default_rng(37)
+    x, w = rand(rng, 2, 32, 8, 8).astype(np.float32), (rand(rng, 32, 32, 3, 3) / 17).astype(np.float32)
+    monkeypatch.setattr(cnnlab.functional.conv, "WINOGRAD_MIN_CHANNELS", float("inf"))
+    xc, wc = cnnlab.Tensor(x, requires_grad=True), cnnlab.Tensor(w, requires_grad=True)
+    out = F.conv2d(xc, wc, padding=1)
+    out.sum().backward()
+    with cnnlab.no_grad():
+        F.conv2d(x, w, padding=1)
+    assert counts["conv"] == counts["weight"] == 0
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    want = TF.conv2d(xt, wt, padding=1)
+    want.sum().backward()
+    for ours, theirs in ((out.data, want), (xc.grad, xt.grad), (wc.grad, wt.grad)):
+        assert rel_error(ours, theirs.detach().numpy()) <= 1e-6      # the direct paths' rounding
+
+
+@needs_numba
 @pytest.mark.parametrize("case", ["resnet_like", "expanding_full_im2col", "reflect"])
 def test_conv2d_by_winograd_keeps_a_float64_gradient_float64(case, monkeypatch):
     """A float64 upstream gradient into a float32 convolution: the input and weight
