@@ -648,9 +648,9 @@ def _winograd_spy(monkeypatch):
 
 
 # (x shape, filters, kwargs): channels at the automatic threshold and above, by kernel rows
-# and by the full im2col, sizes not a multiple of 4 (the last tiles partly outside), padding 0, 2 and 3 (the
-# input gradient's tiles then start inside the gradient), other padding modes, blocks of
-# several chunks
+# and by the full im2col, sizes not a multiple of 4 (the last tiles partly outside),
+# padding 0, 2 and 3 (the input gradient's tiles then start inside the gradient), other
+# padding modes, blocks of several chunks
 WINOGRAD_CASES = {
     "at_threshold": ((3, 16, 8, 8), 16, dict(padding=1)),
     "resnet_like": ((3, 32, 8, 8), 32, dict(padding=1)),

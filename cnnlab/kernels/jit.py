@@ -397,7 +397,11 @@ def _build():
         array, so the compiler's aliasing checks stay few and the loops vectorise (one
         loop storing all the entries was not vectorised: 42 against 18 us an image for
         F(2x2, 3x3)), and indexes slices from 0, so no negative-index wrap-around is
-        compiled in (flat indices with offsets, F(2x2, 3x3): 18 -> 45 us)."""
+        compiled in (flat indices with offsets, F(2x2, 3x3): 18 -> 45 us). B^T's rows are
+        written out in both passes (and A's in :func:`winograd_gradient`'s, alike in
+        shape): one compiled 1-D transform called per row and per tile took 177 against
+        15 us an image (16 channels; 64: 17 against 4), its calls and slices per tile
+        costing more than the arithmetic."""
         nb, h, w, c = x.shape
         k2, k4, k5 = scalar(2, x), scalar(4, x), scalar(5, x)
         width = (4 * tw + 2) * c
